@@ -1,0 +1,80 @@
+"""Single-process classification: a few images in, top-k per image out. No Ray.
+
+For a handful of files, a notebook, or checking a model before a cluster job.
+Images are decoded in batches and run through the same compiled forward pass
+the labeling job uses; a bad image becomes a result with ``error`` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.images import decode_or_error
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+from pipeline.models.registry import DEFAULT_MODEL
+
+
+@dataclass
+class Prediction:
+    source: str  # the path/URL given, or "<bytes #i>"
+    labels: list[str] = field(default_factory=list)  # k class names, best first
+    scores: list[float] = field(default_factory=list)  # k probabilities
+    ids: list[int] = field(default_factory=list)  # k class indices
+    error: str | None = None  # why there is no prediction
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0] if self.labels else None
+
+    @property
+    def score(self) -> float | None:
+        return self.scores[0] if self.scores else None
+
+
+def _read(item: str | bytes) -> tuple[bytes | None, str | None]:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item), None
+    try:
+        return storage.read_bytes(item), None
+    except FileNotFoundError:
+        return None, "not found: no such file"
+    except Exception as err:  # noqa: BLE001 - one unreadable input must not stop the rest
+        return None, f"unreadable: {type(err).__name__}: {err}"
+
+
+def classify(
+    images: Iterable[str | bytes],
+    model: str = DEFAULT_MODEL,
+    top_k: int = 5,
+    weights: str = "imagenet",
+    batch_size: int = 32,
+) -> list[Prediction]:
+    """Classify paths, URLs or raw bytes; one Prediction per input, in order."""
+    items = list(images)
+    classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
+    size = (classifier.loaded.input_size,) * 2
+    results: list[Prediction] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        decoded, batch = [], []
+        for offset, item in enumerate(chunk):
+            source = item if isinstance(item, str) else f"<bytes #{start + offset}>"
+            data, error = _read(item)
+            result = decode_or_error(data, size) if error is None else None
+            prediction = Prediction(source, error=error or (result.error if result else None))
+            results.append(prediction)
+            if prediction.error is None:
+                decoded.append(result.image)
+                batch.append(prediction)
+        if decoded:
+            top = classifier.predict(np.stack(decoded))
+            for prediction, ids, scores, names in zip(batch, top.ids, top.scores, classifier.names(top.ids)):
+                prediction.ids = [int(i) for i in ids]
+                prediction.scores = [float(s) for s in scores]
+                prediction.labels = names
+    return results

@@ -1,0 +1,11 @@
+"""The ``pipeline`` command line: parses arguments, calls the library, prints."""
+
+from pipeline.cli import models  # noqa: F401  (registers commands)
+from pipeline.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,150 @@
+"""Every kind of image file a user has turns into the model's RGB input, or a typed error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import classify
+from pipeline.images import (
+    EmptyImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    decode_image,
+    decode_or_error,
+)
+
+SIZE = (224, 224)
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cat(photos) -> Image.Image:
+    return Image.open(photos["chelsea"]).convert("RGB")
+
+
+def _check_rgb(array: np.ndarray) -> None:
+    assert array.shape == (224, 224, 3) and array.dtype == np.uint8
+
+
+def test_grayscale(cat):
+    out = decode_image(_encode(cat.convert("L"), "PNG"), SIZE)
+    _check_rgb(out)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_cmyk_jpeg(cat):
+    out = decode_image(_encode(cat.convert("CMYK"), "JPEG", quality=95), SIZE)
+    _check_rgb(out)
+    reference = np.asarray(cat.resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(out.astype(np.float32) - reference).mean() < 12
+
+
+def test_rgba_transparency_composited_on_white():
+    image = Image.new("RGBA", (50, 40), (255, 0, 0, 0))  # fully transparent red
+    out = decode_image(_encode(image, "PNG"), SIZE)
+    assert (out == 255).all()  # white, not red and not black
+
+
+def test_palette_with_transparency():
+    image = Image.new("P", (30, 30), 0)
+    image.putpalette([0, 0, 255] + [0, 255, 0] * 255)
+    image.info["transparency"] = 0
+    out = decode_image(_encode(image, "PNG", transparency=0), SIZE)
+    assert (out == 255).all()
+    opaque = Image.new("P", (30, 30), 1)
+    opaque.putpalette([0, 0, 255] + [0, 255, 0] * 255)
+    assert (decode_image(_encode(opaque, "PNG"), SIZE)[..., 1] == 255).all()
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    out = decode_image(_encode(Image.fromarray(ramp), "PNG"), (64, 64))
+    assert out.min() < 5 and out.max() > 250
+    assert 100 < out.mean() < 155  # a clip at 255 would make the mean ~250
+
+
+def test_exif_rotated_photo_gives_same_top1_as_upright(cat, tmp_path):
+    upright = _encode(cat, "JPEG", quality=95)
+    # Store the pixels rotated and tell viewers, through EXIF Orientation=6, to rotate them back.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = _encode(cat.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+    a, b = decode_image(upright, SIZE), decode_image(rotated, SIZE)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 6
+    up, rot = classify([upright, rotated], top_k=1)
+    assert up.label == rot.label and up.ids[0] in {281, 282, 285}
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (20, 20), color) for color in ((255, 0, 0), (0, 0, 255))]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    out = decode_image(data, SIZE)
+    assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+def test_large_jpeg_uses_draft_and_matches_full_decode(cat):
+    big = cat.resize((2400, 1600))
+    out = decode_image(_encode(big, "JPEG", quality=90), SIZE)
+    full = np.asarray(big.resize((224, 224), Image.Resampling.BILINEAR))
+    assert np.abs(out.astype(int) - full.astype(int)).mean() < 6
+
+
+def test_truncated_file(cat):
+    data = _encode(cat, "JPEG", quality=90)
+    with pytest.raises(TruncatedImageError):
+        decode_image(data[: len(data) // 2], SIZE)
+
+
+def test_zero_bytes():
+    with pytest.raises(EmptyImageError):
+        decode_image(b"", SIZE)
+
+
+def test_not_an_image():
+    with pytest.raises(NotAnImageError):
+        decode_image(b"name,age\nbob,3\n" * 20, SIZE)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def test_oversized_image_is_refused_before_decoding():
+    with pytest.raises(ImageTooLargeError, match="too large.*pixels"):
+        decode_image(_png_header_only(100_000, 100_000), SIZE)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(_encode(Image.new("RGB", (300, 300)), "PNG"), SIZE, max_pixels=10_000)
+
+
+def test_batch_helper_never_raises():
+    for bad in (None, b"", b"\x89PNG\r\n\x1a\n garbage", _png_header_only(100_000, 100_000)):
+        result = decode_or_error(bad, SIZE)
+        assert result.image is None and result.error
+    good = decode_or_error(_encode(Image.new("RGB", (8, 8)), "BMP"), SIZE)
+    assert good.error is None and good.image.shape == (224, 224, 3)
+
+
+def test_classify_reports_errors_per_image(photos, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"")
+    results = classify([str(photos["coffee"]), str(broken), str(tmp_path / "missing.png")])
+    assert results[0].label == "espresso"
+    assert results[1].error.startswith("empty file")
+    assert results[2].error.startswith("not found")

@@ -1,0 +1,70 @@
+"""Every registry entry builds, and its size and preprocessing are the ones Keras defines."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.models.registry import REGISTRY, UnknownModelError, get_spec, list_models
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_entry_builds_with_random_weights_and_matches_keras(name):
+    spec = REGISTRY[name]
+    model = spec.builder_fn(weights=None)
+    try:
+        declared = model.input_shape[1:3]
+        if declared != (None, None):  # MobileNetV3 takes any size; its native size is checked below
+            assert declared == (spec.input_size, spec.input_size)
+        assert model.count_params() == spec.parameters
+        assert model.output_shape[-1] == 1000
+        # The preprocessing must be the builder's own module's, not a lookalike.
+        builder = getattr(importlib.import_module(spec.builder_module or spec.module), spec.builder)
+        home = importlib.import_module(builder.__module__)
+        assert spec.preprocess_input is home.preprocess_input
+        out = model(np.zeros((1, *spec.input_shape), np.float32), training=False)
+        np.testing.assert_allclose(np.asarray(out).sum(), 1.0, rtol=1e-3)
+    finally:
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def test_mobilenet_v3_native_size_is_keras_default():
+    spec = get_spec("mobilenet_v3_small")
+    builder = getattr(importlib.import_module(spec.builder_module), spec.builder)
+    # Keras documents and defaults MobileNetV3 to 224 when input_shape is None.
+    assert "224" in inspect.getdoc(builder)
+    assert spec.input_size == 224
+
+
+def test_preprocessing_is_named_from_behaviour():
+    assert get_spec("resnet50").preprocessing.startswith("caffe")
+    assert get_spec("inception_v3").preprocessing.startswith("tf")
+    assert get_spec("densenet121").preprocessing.startswith("torch")
+    assert get_spec("efficientnet_b3").preprocessing.startswith("none")
+    assert get_spec("efficientnet_lite0").preprocessing == "(x - 127) / 128"
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(UnknownModelError) as err:
+        get_spec("resnet5")
+    assert "did you mean resnet50" in str(err.value)
+    assert "pipeline models" in str(err.value)
+
+
+def test_names_are_forgiving_and_wildcards_work():
+    assert get_spec("ResNet-50".replace("-", "")).name == "resnet50"
+    assert get_spec("Inception-V3").name == "inception_v3"
+    assert set(list_models("efficientnet_b*")) == {f"efficientnet_b{i}" for i in range(8)}
+    assert "efficientnet_lite0" in list_models("*lite*")
+
+
+def test_offline_default_has_weights_installed():
+    assert get_spec("efficientnet_lite0").weights_offline
+    assert not get_spec("resnet50").weights_offline

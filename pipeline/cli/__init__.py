@@ -1,6 +1,6 @@
 """The ``pipeline`` command line: parses arguments, calls the library, prints."""
 
-from pipeline.cli import models  # noqa: F401  (registers commands)
+from pipeline.cli import label, models  # noqa: F401  (registers commands)
 from pipeline.cli.app import app
 
 

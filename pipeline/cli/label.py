@@ -1,0 +1,91 @@
+"""``pipeline label`` (the Ray labeling job) and ``pipeline show`` (its results)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.app import app, user_errors
+from pipeline.errors import UserError
+from pipeline.models.registry import DEFAULT_MODEL
+
+
+def parse_concurrency(text: str) -> tuple[int, int]:
+    """'4' -> (4, 4) fixed pool; '1,8' -> autoscale between 1 and 8 actors."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise UserError(f"--concurrency '{text}' should be N or MIN,MAX with 1 <= MIN <= MAX")
+    return parts[0], parts[1]
+
+
+@app.command("label")
+def label_command(
+    source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
+    output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
+    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models') or fine-tuned model folder.")] = DEFAULT_MODEL,
+    weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    concurrency: Annotated[str, typer.Option(help="Predictor actors: N, or MIN,MAX to autoscale.")] = "1",
+    num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = 0.0,
+    cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = 1.0,
+    cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each predictor actor.")] = 1.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a previous run in OUTPUT; skip paths already written.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results already in OUTPUT.")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
+    rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
+    storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+) -> None:
+    """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
+    from pipeline.cli.options import apply_storage_options
+    from pipeline.label import LabelConfig, run_label_job
+    from pipeline.storage import storage_options as current_options
+
+    with user_errors():
+        if resume and overwrite:
+            raise UserError("--resume and --overwrite exclude each other")
+        apply_storage_options(storage_options)
+        config = LabelConfig(
+            source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
+            concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
+            cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
+            address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
+        )
+        summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(summary.line(output))
+
+
+@app.command("show")
+def show_command(
+    output: Annotated[str, typer.Argument(help="OUTPUT of a labeling job (folder or URL).")],
+    label: Annotated[Optional[str], typer.Option(help="Only rows with this top-1 label.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Only rows whose top-1 score is at least this.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only list the rows that failed.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to list in each section.")] = 10,
+    storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON.")] = None,
+) -> None:
+    """Print label counts, the least confident rows and the errors of a labeling job's OUTPUT."""
+    from pipeline.cli.options import apply_storage_options
+    from pipeline.results import read_results, summarize
+
+    with user_errors():
+        apply_storage_options(storage_options)
+        summary = summarize(read_results(output), label=label, min_score=min_score, limit=limit)
+    typer.echo(f"{summary.rows} rows, {summary.errors} errors")
+    if not errors:
+        typer.echo("\nlabel counts:")
+        for name, count in summary.label_counts.head(limit).items():
+            typer.echo(f"  {count:>7}  {name}")
+        typer.echo("\nleast confident:")
+        for row in summary.lowest.itertuples():
+            typer.echo(f"  {row.score:6.1%}  {row.label:<25} {row.path}")
+    typer.echo("\nerrors:" if summary.errors else "\nerrors: none")
+    for row in summary.error_rows.itertuples():
+        typer.echo(f"  {row.path}: {row.error}")

@@ -78,7 +78,7 @@ def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: di
     storage.set_storage_options(storage_options)
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), size, size, 3), np.uint8)
-    errors: list[str | None] = []
+    errors: list[str] = []  # "" when fine: an all-None column would not survive Ray's conversions
     for i, path in enumerate(paths):
         try:
             data, error = storage.read_bytes(path), None
@@ -91,7 +91,7 @@ def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: di
             error = result.error
             if result.image is not None:
                 images[i] = result.image
-        errors.append(error)
+        errors.append(error or "")
     return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object)}
 
 
@@ -112,7 +112,7 @@ class Predictor:
         self.model_name = self.classifier.loaded.name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        errors = list(batch["error"])
+        errors = [str(e) if e else None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         n, k = len(errors), self.classifier.top_k
         ids = np.zeros((n, k), np.int32)

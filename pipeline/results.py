@@ -35,23 +35,30 @@ PART_PREFIX = "part-"
 TMP_PREFIX = ".tmp-"
 
 
+def _entries(output: str) -> list[str]:
+    """Paths directly in ``output`` (an object-store prefix with no objects has none)."""
+    fs, root = storage.filesystem(output)
+    fs.invalidate_cache(root)
+    try:
+        return list(fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def part_files(output: str) -> list[str]:
     """Full paths/URLs of the committed part files in ``output``, oldest first."""
-    fs, root = storage.filesystem(output)
-    if not fs.exists(root):
-        return []
-    names = [p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith(PART_PREFIX)
-             and p.endswith(".parquet")]
+    fs, _ = storage.filesystem(output)
+    names = [p for p in _entries(output) if _name(p).startswith(PART_PREFIX) and p.endswith(".parquet")]
     return [storage.full_url(fs, p, output) for p in sorted(names)]
 
 
 def other_files(output: str) -> list[str]:
     """Entries in ``output`` that are not ours (their presence makes OUTPUT 'not empty')."""
-    fs, root = storage.filesystem(output)
-    if not fs.exists(root):
-        return []
-    ours = (PART_PREFIX, TMP_PREFIX)
-    return [p for p in fs.ls(root, detail=False) if not p.rstrip("/").rsplit("/", 1)[-1].startswith(ours)]
+    return [p for p in _entries(output) if not _name(p).startswith((PART_PREFIX, TMP_PREFIX))]
 
 
 def done_paths(output: str) -> set[str]:
@@ -76,8 +83,8 @@ def prepare_output(output: str, mode: str) -> set[str]:
     except Exception as err:  # noqa: BLE001
         raise UserError(f"OUTPUT '{output}' is not writable ({type(err).__name__}: {err}); "
                         "pick a folder or bucket prefix you can write to") from err
-    for stale in fs.ls(root, detail=False):  # leftovers of a killed run
-        if stale.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+    for stale in _entries(output):  # leftovers of a killed run
+        if _name(stale).startswith(TMP_PREFIX):
             fs.rm(stale)
     parts = part_files(output)
     if mode == "overwrite":

@@ -1,0 +1,136 @@
+"""The labeling job end to end on an embedded local Ray: photos and broken files in, Parquet out."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module's in-process jobs (each job reuses it instead of starting its own)."""
+    import ray
+
+    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def mixed_source(photo_dir, photos):
+    """Real photos, a nested upper-case JPEG, broken images, and files that are not images at all."""
+    (photo_dir / "nested" / "deeper").mkdir(parents=True)
+    shutil.copy(photos["rocket"], photo_dir / "nested" / "deeper" / "ROCKET.JPG")
+    (photo_dir / "zero.jpg").write_bytes(b"")
+    data = photos["coffee"].read_bytes()
+    (photo_dir / "truncated.png").write_bytes(data[: len(data) // 3])
+    (photo_dir / "notes.png").write_text("this is not a picture\n" * 10)
+    (photo_dir / "README.txt").write_text("ignored")
+    (photo_dir / "nested" / "data.csv").write_text("a,b\n1,2\n")
+    return photo_dir
+
+
+def _label(*args: str):
+    return runner.invoke(app, ["label", *args, "--batch-size", "4"])
+
+
+def test_labels_every_image_once_with_errors_as_rows(mixed_source, tmp_path):
+    out = tmp_path / "out"
+    result = _label(str(mixed_source), str(out))
+    assert result.exit_code == 0, result.output
+    assert "labeled 8 images (3 errors, 2 ignored files, 0 already done)" in result.output
+    frame = pd.read_parquet(out)
+    assert len(frame) == 8 and frame["path"].is_unique
+    by_name = {p.rsplit("/", 1)[-1]: row for p, row in zip(frame["path"], frame.itertuples())}
+    assert set(by_name) == {"chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "ROCKET.JPG",
+                            "zero.jpg", "truncated.png", "notes.png"}
+    assert by_name["chelsea.png"].label in CAT_CLASSES
+    assert by_name["coffee.png"].label == "espresso"
+    assert by_name["coffee.png"].top_ids[0] == 967 and len(by_name["coffee.png"].top_labels) == 5
+    assert list(by_name["rocket.jpg"].top_ids) == list(by_name["ROCKET.JPG"].top_ids)
+    assert by_name["zero.jpg"].error.startswith("empty file")
+    assert by_name["truncated.png"].error.startswith("truncated or corrupt image")
+    assert by_name["notes.png"].error.startswith("not an image")
+    for name in ("zero.jpg", "truncated.png", "notes.png"):
+        assert pd.isna(by_name[name].label) and pd.isna(by_name[name].score)
+    assert frame["error"].isna().sum() == 5
+    assert set(frame["model"]) == {"efficientnet_lite0"}
+    schema = pq.read_schema(next(out.glob("part-*.parquet")))
+    assert str(schema.field("score").type) == "float"
+    assert str(schema.field("top_ids").type) == "list<element: int32>"
+    assert str(schema.field("top_scores").type) == "list<element: float>"
+
+
+def test_refuses_non_empty_output_then_resume_does_no_work_and_overwrite_replaces(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _label(str(photo_dir), str(out)).exit_code == 0
+    again = _label(str(photo_dir), str(out))
+    assert again.exit_code == 2 and "--resume" in again.output and "--overwrite" in again.output
+    resumed = _label(str(photo_dir), str(out), "--resume")
+    assert resumed.exit_code == 0
+    assert "labeled 0 images (0 errors, 0 ignored files, 4 already done)" in resumed.output
+    overwritten = _label(str(photo_dir), str(out), "--overwrite", "--top-k", "2")
+    assert overwritten.exit_code == 0
+    frame = pd.read_parquet(out)
+    assert len(frame) == 4 and frame["path"].is_unique
+    assert frame["top_labels"].map(len).eq(2).all()
+
+
+def test_glob_list_files_and_limit(photo_dir, tmp_path):
+    globbed = _label(str(photo_dir / "c*.png"), str(tmp_path / "glob"))
+    assert globbed.exit_code == 0, globbed.output
+    assert sorted(p.rsplit("/", 1)[-1] for p in pd.read_parquet(tmp_path / "glob")["path"]) == [
+        "chelsea.png", "coffee.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two photos\n{photo_dir / 'coffee.png'}\n\n{photo_dir / 'rocket.jpg'}\n")
+    assert _label(str(listing), str(tmp_path / "txt")).exit_code == 0
+    assert len(pd.read_parquet(tmp_path / "txt")) == 2
+    table = pd.DataFrame({"path": [str(p) for p in sorted(photo_dir.iterdir())]})
+    table.to_parquet(tmp_path / "list.parquet")
+    limited = _label(str(tmp_path / "list.parquet"), str(tmp_path / "pq"), "--limit", "3")
+    assert limited.exit_code == 0
+    assert len(pd.read_parquet(tmp_path / "pq")) == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing", "{tmp}/out"], "does not exist"),
+        (["{tmp}/empty", "{tmp}/out"], "holds no images"),
+        (["{photos}", "{tmp}/out", "--model", "resnet5"], "did you mean resnet50"),
+        (["{photos}", "{tmp}/file.txt/out"], "is not writable"),
+        (["{photos}", "{tmp}/out", "--concurrency", "3,1"], "MIN,MAX"),
+    ],
+)
+def test_bad_input_exits_2_before_cluster_work(photo_dir, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x")
+    filled = [a.format(tmp=tmp_path, photos=photo_dir) for a in args]
+    result = _label(*filled)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
+    out = tmp_path / "out"
+    assert _label(str(mixed_source), str(out)).exit_code == 0
+    shown = runner.invoke(app, ["show", str(out)])
+    assert shown.exit_code == 0
+    assert shown.output.startswith("8 rows, 3 errors")
+    assert "espresso" in shown.output and "least confident:" in shown.output
+    assert "zero.jpg: empty file" in shown.output
+    only_errors = runner.invoke(app, ["show", str(out), "--errors"])
+    assert "label counts" not in only_errors.output and "notes.png: not an image" in only_errors.output
+    espresso = runner.invoke(app, ["show", str(out), "--label", "espresso"])
+    assert espresso.output.startswith("1 rows, 0 errors")
+    assert runner.invoke(app, ["show", str(tmp_path / "nothing")]).exit_code == 2

@@ -1,6 +1,7 @@
 """The ``pipeline`` command line: parses arguments, calls the library, prints."""
 
 from pipeline.cli import label, models  # noqa: F401  (registers commands)
+from pipeline.cli import submit  # noqa: F401
 from pipeline.cli.app import app
 
 

@@ -42,6 +42,7 @@ class LabelConfig:
     weights: str = "imagenet"  # imagenet | none | weights file path/URL
     top_k: int = 5  # classes kept per image
     batch_size: int = 32  # images per forward pass
+    batches_per_task: int = 4  # forward passes per Ray task: fewer, larger tasks cut scheduling overhead
     concurrency: tuple[int, int] = (1, 1)  # predictor actors: (min, max)
     num_gpus: float = 0.0  # GPUs per predictor actor (fractions share a GPU)
     cpus_per_decode: float = 1.0  # CPUs reserved by each decode task
@@ -178,14 +179,15 @@ def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelS
             raise UserError(f"cannot reach the Ray cluster at '{config.address}': {err}") from err
     try:
         low, high = config.concurrency
+        task_size = config.batch_size * config.batches_per_task
         dataset = ray.data.from_items(
             [{"path": p} for p in todo],
-            override_num_blocks=max(1, min(len(todo), math.ceil(len(todo) / config.batch_size))),
+            override_num_blocks=max(1, math.ceil(len(todo) / task_size)),
         )
         dataset = dataset.map_batches(
             read_and_decode,
             fn_kwargs={"size": size, "storage_options": config.storage_options},
-            batch_size=config.batch_size,
+            batch_size=task_size,
             batch_format="numpy",
             num_cpus=config.cpus_per_decode,
         )
@@ -193,7 +195,7 @@ def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelS
             Predictor,
             fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
                                    "batch_size": config.batch_size, "storage_options": config.storage_options},
-            batch_size=config.batch_size,
+            batch_size=task_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=low, max_size=high),
             num_gpus=config.num_gpus or None,

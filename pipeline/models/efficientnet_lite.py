@@ -196,6 +196,8 @@ def assign_torch_state_dict(model: keras.Model, state: dict[str, np.ndarray]) ->
         module, _, param = key.rpartition(".")
         if param != "num_batches_tracked":
             modules.setdefault(module, {})[param] = value
+    if not any(layer.name == "fc" for layer in model.layers):
+        modules.pop("_fc", None)  # include_top=False: a feature extractor has no classifier to fill
     for module, params in modules.items():
         layer = model.get_layer(_keras_layer_name(module))
         if isinstance(layer, layers.BatchNormalization):

@@ -68,12 +68,21 @@ def resolve_spec(model: str) -> ModelSpec | None:
 
 
 def check_model(model: str, weights: str = "imagenet") -> None:
-    """Validate ``--model``/``--weights`` cheaply (no model build), raising ModelLoadError."""
+    """Validate ``--model``/``--weights`` before a job starts, raising ModelLoadError.
+
+    Cheap for names, artifacts and weights files; for Keras-downloaded ImageNet weights it builds the
+    model once, which downloads and caches the file (and fails fast offline).
+    """
     try:
         spec = resolve_spec(model)
     except UnknownModelError as err:
         raise ModelLoadError(str(err)) from err
-    if spec is None or weights in ("imagenet", "none"):
+    if spec is None or weights == "none":
+        return
+    if weights == "imagenet":
+        if spec.weights == KERAS_DOWNLOAD:
+            # Fetch into Keras's cache now, so an offline machine fails here, not in every worker.
+            _build_imagenet(spec)
         return
     if not storage.is_url(weights) and not os.path.exists(weights):
         raise ModelLoadError(f"weights file '{weights}' does not exist; pass an existing .keras/.h5/"

@@ -1,0 +1,232 @@
+"""Submitting jobs to a real Ray head on loopback: `pipeline submit` and `pipeline jobs`, auth token included.
+
+One head per module, started the way a user starts one (`ray start --head`), with token authentication on
+and its own token file, temp dir and ports, so it neither needs nor disturbs other Ray clusters here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+CAT_CLASSES = {"Egyptian cat", "tabby", "tiger cat"}
+CONTRACT_COLUMNS = ["path", "label", "score", "top_labels", "top_scores", "top_ids", "model", "error"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RayHead:
+    """`ray start --head --block` in its own session; stopped by signalling only its own processes."""
+
+    def __init__(self, root: Path):
+        self.token_file = root / "token"
+        self.token_file.write_text(secrets.token_hex(32))
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths have a limit
+        self.dashboard_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN"}}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+        command = [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        ]
+        self.log = open(root / "ray-head.log", "wb")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.token_file.read_text()}"}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.process.returncode}; see {self.log.name}")
+            try:
+                if requests.get(f"{self.address}/api/jobs/", headers=headers, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the Ray head did not answer within {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        try:
+            ours = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            ours = []
+        self.process.send_signal(signal.SIGTERM)  # `ray start --block` shuts its cluster down on SIGTERM
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        _, alive = psutil.wait_procs(ours, timeout=10)
+        for process in alive:  # only processes this head started
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    started = time.monotonic()
+    ray_head = RayHead(tmp_path_factory.mktemp("ray-head"))
+    print(f"ray head ready in {time.monotonic() - started:.1f} s at {ray_head.address}")
+    yield ray_head
+    ray_head.stop()
+
+
+@pytest.fixture(scope="module")
+def client_env(head) -> dict:
+    """The client finds the head's token the way Ray documents: here through RAY_AUTH_TOKEN_PATH."""
+    return {"RAY_AUTH_TOKEN_PATH": str(head.token_file), "RAY_AUTH_TOKEN": None, "RAY_API_SERVER_ADDRESS": None}
+
+
+def pipeline(*args: str, env: dict | None = None):
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+@pytest.fixture(scope="module")
+def cat_and_coffee(tmp_path_factory, photos) -> Path:
+    folder = tmp_path_factory.mktemp("two-photos")
+    for name in ("chelsea", "coffee"):
+        shutil.copy(photos[name], folder / f"{name}.png")
+    return folder
+
+
+def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coffee, tmp_path):
+    output = tmp_path / "labels"
+    started = time.monotonic()
+    result = pipeline("submit", "label", str(cat_and_coffee), str(output), "--top-k", "3",
+                      "--address", head.address, "--wait", env=client_env)
+    print(f"submit label --wait: {time.monotonic() - started:.1f} s")
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.splitlines()[0]
+    assert job_id.startswith("raysubmit_")
+    assert "labeled 2 images" in result.stdout  # the job's own summary line, streamed from the cluster
+
+    table = pd.read_parquet(output)
+    assert set(CONTRACT_COLUMNS) <= set(table.columns)
+    assert len(table) == 2 and table["error"].isna().all()
+    rows = table.set_index(table["path"].map(lambda p: Path(p).stem))
+    assert rows.loc["chelsea", "label"] in CAT_CLASSES
+    assert len(rows.loc["chelsea", "top_labels"]) == 3
+
+    listing = pipeline("jobs", "list", "--address", head.address, env=client_env)
+    assert listing.exit_code == 0 and job_id in listing.stdout and "SUCCEEDED" in listing.stdout
+    status = pipeline("jobs", "status", job_id, "--address", head.address, env=client_env)
+    assert status.exit_code == 0 and status.stdout.strip() == "SUCCEEDED"
+    logs = pipeline("jobs", "logs", job_id, "--address", head.address, env=client_env)
+    assert logs.exit_code == 0 and "python jobs/label.py" in logs.stdout and "labeled 2 images" in logs.stdout
+
+
+def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path):
+    result = pipeline("submit", "label", str(tmp_path / "no-such-folder"), str(tmp_path / "out"),
+                      "--address", head.address, "--wait", env=client_env)
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.stderr
+    assert "no-such-folder" in result.stdout  # the job's own error message, streamed back
+
+
+def test_stop_a_long_job(head, client_env, photos, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(600):
+        os.link(photos["chelsea"], many / f"cat{i:04d}.png")
+    submitted = pipeline("submit", "label", str(many), str(tmp_path / "out"), "--batch-size", "4",
+                         "--address", head.address, env=client_env)
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip()
+
+    deadline = time.monotonic() + 120
+    status = ""
+    while time.monotonic() < deadline and status != "RUNNING":
+        status = pipeline("jobs", "status", job_id, "--address", head.address, env=client_env).stdout.strip()
+        assert status in {"PENDING", "RUNNING"}, f"the long job ended before it could be stopped: {status}"
+        time.sleep(0.5)
+    assert status == "RUNNING"
+
+    stopped = pipeline("jobs", "stop", job_id, "--address", head.address, env=client_env)
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.stdout.strip() == "STOPPED"
+    status = pipeline("jobs", "status", job_id, "--address", head.address, env=client_env)
+    assert status.stdout.strip() == "STOPPED"
+
+
+def test_a_typo_in_the_job_arguments_fails_before_anything_is_submitted(head, client_env, cat_and_coffee, tmp_path):
+    before = pipeline("jobs", "list", "--address", head.address, env=client_env).stdout
+    result = pipeline("submit", "label", str(cat_and_coffee), str(tmp_path / "out"), "--top-kk", "3",
+                      "--address", head.address, env=client_env)
+    assert result.exit_code == 2
+    assert "No such option: --top-kk" in result.stderr and "--top-k" in result.stderr
+    missing = pipeline("submit", "label", str(cat_and_coffee), "--address", head.address, env=client_env)
+    assert missing.exit_code == 2 and "Missing argument" in missing.stderr
+    assert pipeline("jobs", "list", "--address", head.address, env=client_env).stdout == before
+
+
+def test_status_of_an_unknown_job_is_a_clear_error(head, client_env):
+    result = pipeline("jobs", "status", "raysubmit_doesnotexist", "--address", head.address, env=client_env)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: no job 'raysubmit_doesnotexist' on {head.address}; "
+                                     f"see 'pipeline jobs list --address {head.address}'")
+    for command in (["logs"], ["stop"]):
+        other = pipeline("jobs", *command, "raysubmit_doesnotexist", "--address", head.address, env=client_env)
+        assert other.exit_code == 2 and "no job 'raysubmit_doesnotexist'" in other.stderr
+
+
+def test_an_unreachable_address_is_a_clear_error(tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}"
+    for args in (["jobs", "list"], ["jobs", "status", "raysubmit_x"],
+                 ["submit", "label", str(tmp_path), str(tmp_path / "out")]):
+        result = pipeline(*args, "--address", closed)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"error: cannot reach the Ray job server at {closed}")
+        assert "Traceback" not in result.output
+
+
+def test_the_token_is_found_where_ray_looks_for_it(head, tmp_path):
+    token = head.token_file.read_text()
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    no_token = {"HOME": str(home), "RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None}
+
+    refused = pipeline("jobs", "list", "--address", head.address, env=no_token)
+    assert refused.exit_code == 2
+    assert "requires an auth token and none was found" in refused.stderr
+    assert "RAY_AUTH_TOKEN" in refused.stderr and "~/.ray/auth_token" in refused.stderr
+
+    (home / ".ray" / "auth_token").write_text(token + "\n")
+    assert pipeline("jobs", "list", "--address", head.address, env=no_token).exit_code == 0
+    assert pipeline("jobs", "list", "--address", head.address,
+                    env={**no_token, "RAY_AUTH_TOKEN": token}).exit_code == 0
+
+    wrong = pipeline("jobs", "list", "--address", head.address, env={**no_token, "RAY_AUTH_TOKEN": "wrong"})
+    assert wrong.exit_code == 2
+    assert "rejected the auth token (token from RAY_AUTH_TOKEN)" in wrong.stderr

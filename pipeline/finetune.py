@@ -71,7 +71,7 @@ class FinetuneSummary:
         return (f"fine-tuned {len(self.classes)} classes on {self.train_images} images with {self.workers} "
                 f"worker(s): best val accuracy {best['val_accuracy']:.4f} (epoch {best['epoch']}), "
                 f"{len(self.history)} epochs, {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
-                f"{len(self.skipped)} unreadable images skipped; model in {output}")
+                f"{len(self.skipped)} unreadable image(s) skipped; model in {output}")
 
 
 def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambda s: None) -> FinetuneSummary:

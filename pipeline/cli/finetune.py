@@ -1,0 +1,62 @@
+"""``pipeline finetune``: train a new head (then the top of the base) on class-per-folder images with Ray Train."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.app import app, user_errors
+from pipeline.errors import UserError
+from pipeline.models.registry import DEFAULT_MODEL
+
+
+def parse_unfreeze(text: str) -> int | None:
+    """'all' -> None (the whole base); 'N' -> the top N layers."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(f"--unfreeze '{text}' should be a number of layers (0 or more) or 'all'")
+    return value
+
+
+@app.command("finetune")
+def finetune_command(
+    data: Annotated[str, typer.Argument(help="Training images, one subfolder per class (local or fsspec URL).")],
+    output: Annotated[str, typer.Argument(help="Folder or URL for checkpoints, history.csv, curves.png and the model.")],
+    base: Annotated[str, typer.Option(help="Registry name of the pretrained base (see 'pipeline models').")] = DEFAULT_MODEL,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (data-parallel replicas).")] = 2,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Give each worker one GPU.")] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs training the new head with the base frozen.")] = 5,
+    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Further epochs with the top of the base unfrozen.")] = 0,
+    unfreeze: Annotated[str, typer.Option(help="Base layers unfrozen for fine-tuning: N (top N) or 'all'.")] = "20",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per worker per step (global batch = this x workers).")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate for the head; fine-tuning uses a tenth.")] = 1e-3,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation.")] = 0.2,
+    val: Annotated[Optional[str], typer.Option(help="Separate validation folder (same class subfolders).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Train at SxS pixels (default: the base's native size).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flip/rotation/zoom on training images.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUTPUT.")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
+    cpus_per_worker: Annotated[float, typer.Option(min=0.01, help="CPUs Ray reserves for each worker.")] = 1.0,
+    storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+) -> None:
+    """Fine-tune a pretrained model on DATA with Ray Train and export it to OUTPUT for 'pipeline label --model OUTPUT'."""
+    from pipeline.cli.options import apply_storage_options
+    from pipeline.finetune import FinetuneConfig, run_finetune
+    from pipeline.storage import storage_options as current_options
+
+    with user_errors():
+        apply_storage_options(storage_options)
+        config = FinetuneConfig(
+            data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+            epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
+            batch_size=batch_size, lr=lr, val_fraction=val_fraction, val=val, image_size=image_size,
+            augment=augment, resume=resume, address=address, storage_options=current_options(),
+        )
+        summary = run_finetune(config, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(summary.line(output))

@@ -13,12 +13,11 @@ so no path is written twice.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +28,8 @@ from pipeline.images import decode_or_error
 from pipeline.listing import list_images
 from pipeline.models.loading import check_model
 from pipeline.models.registry import DEFAULT_MODEL
+from pipeline.ray_session import ray_session
 from pipeline.results import SCHEMA, PartWriter, prepare_output
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,52 +165,48 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
 
 def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary,
                 progress: Callable[[str], None]) -> None:
+    with ray_session(config.address):
+        try:
+            writer = PartWriter(config.output, config.rows_per_file, config.seconds_per_file)
+            for table in _prediction_stream(config, todo, size):
+                writer.add(table)
+                summary.labeled += table.num_rows
+                summary.errors += table.num_rows - table.column("error").null_count
+            writer.flush()
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
+            print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
+            raise JobFailedError(f"the labeling job failed after {summary.labeled} rows were committed "
+                                 f"({type(err).__name__}); re-run with --resume to finish it") from err
+
+
+def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Iterator[pa.Table]:
+    """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables, streamed."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            ray.init(address=config.address or "local", include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=True)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"cannot reach the Ray cluster at '{config.address}': {err}") from err
-    try:
-        low, high = config.concurrency
-        task_size = config.batch_size * config.batches_per_task
-        dataset = ray.data.from_items(
-            [{"path": p} for p in todo],
-            override_num_blocks=max(1, math.ceil(len(todo) / task_size)),
-        )
-        dataset = dataset.map_batches(
-            read_and_decode,
-            fn_kwargs={"size": size, "storage_options": config.storage_options},
-            batch_size=task_size,
-            batch_format="numpy",
-            num_cpus=config.cpus_per_decode,
-        )
-        dataset = dataset.map_batches(
-            Predictor,
-            fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
-                                   "batch_size": config.batch_size, "storage_options": config.storage_options},
-            batch_size=task_size,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=low, max_size=high),
-            num_gpus=config.num_gpus or None,
-            num_cpus=config.cpus_per_actor,
-        )
-        writer = PartWriter(config.output, config.rows_per_file, config.seconds_per_file)
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(table)
-            summary.labeled += table.num_rows
-            summary.errors += table.num_rows - table.column("error").null_count
-        writer.flush()
-    except (UserError, KeyboardInterrupt):
-        raise
-    except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
-        print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
-        raise JobFailedError(f"the labeling job failed after {summary.labeled} rows were committed "
-                             f"({type(err).__name__}); re-run with --resume to finish it") from err
-    finally:
-        if started_here:
-            ray.shutdown()
+    low, high = config.concurrency
+    task_size = config.batch_size * config.batches_per_task
+    dataset = ray.data.from_items(
+        [{"path": p} for p in todo],
+        override_num_blocks=max(1, math.ceil(len(todo) / task_size)),
+    )
+    dataset = dataset.map_batches(
+        read_and_decode,
+        fn_kwargs={"size": size, "storage_options": config.storage_options},
+        batch_size=task_size,
+        batch_format="numpy",
+        num_cpus=config.cpus_per_decode,
+    )
+    dataset = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
+                               "batch_size": config.batch_size, "storage_options": config.storage_options},
+        batch_size=task_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=low, max_size=high),
+        num_gpus=config.num_gpus or None,
+        num_cpus=config.cpus_per_actor,
+    )
+    return dataset.iter_batches(batch_size=None, batch_format="pyarrow")

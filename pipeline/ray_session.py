@@ -1,0 +1,36 @@
+"""Join a Ray cluster, or start an embedded local one, for the length of a job."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+from pipeline.errors import UserError
+
+# Worker processes inherit these: TensorFlow's start-up chatter would bury the job's own output.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect to ``address`` (None: a new local Ray on this machine); disconnect at the end.
+
+    ``address="local"`` always starts a fresh instance, never attaching to a cluster that a
+    ``ray start`` elsewhere on this machine left behind. An existing connection is reused as is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "
+                        "(e.g. 'ray://HEAD:10001' or 'HEAD:6379' from inside the cluster)") from err
+    try:
+        yield
+    finally:
+        ray.shutdown()

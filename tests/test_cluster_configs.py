@@ -1,0 +1,141 @@
+"""The configs in cluster/ cannot rot: they parse, name job scripts that exist, and pass only flags those
+scripts' real parser accepts (the parser is run, not pattern-matched), with images pinned to our Ray."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import typer
+import yaml
+
+from pipeline.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+CONFIGS = sorted([*CLUSTER.glob("*.yaml"), *CLUSTER.glob("*.yml")])
+JOBS = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
+SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
+IMAGE = f"rayproject/ray:{ray.__version__}-py311-gpu"
+
+
+def documents(path: Path) -> list:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def walk(node, key=None):
+    """Every (key, value) pair in a parsed YAML tree; runtimeEnvYAML strings are parsed and walked too."""
+    if isinstance(node, dict):
+        for k, value in node.items():
+            yield from walk(value, k)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item, key)
+    else:
+        yield key, node
+        if key == "runtimeEnvYAML":
+            yield from walk(yaml.safe_load(node))
+
+
+def job_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(script path, arguments) of every `... jobs/NAME.py ARGS` command in a shell text."""
+    commands = []
+    for line in text.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        segment: list[str] = []
+        for token in [*lexer, ";"]:
+            if token not in SEPARATORS:
+                segment.append(token)
+                continue
+            for i, word in enumerate(segment):
+                if word.endswith(".py") and "jobs/" in word:
+                    commands.append((word[word.index("jobs/"):], segment[i + 1:]))
+                    break
+            segment = []
+    return commands
+
+
+def config_job_commands(path: Path) -> list[tuple[str, list[str]]]:
+    return [command for doc in documents(path) for _, value in walk(doc) if isinstance(value, str)
+            for command in job_commands(value)]
+
+
+def parse_with_job_parser(script: str, args: list[str]) -> None:
+    """Run the parser jobs/NAME.py runs (the `pipeline NAME` command) on ARGS, without running the job."""
+    command = typer.main.get_command(app).commands[Path(script).stem]
+    with command.make_context(script, list(args), resilient_parsing=False):
+        pass
+
+
+def test_the_config_folder_is_not_empty():
+    names = {p.name for p in CONFIGS}
+    assert {"aws-gpu.yaml", "ray-cluster.gpu.yaml", "ray-job.label.yaml", "ray-job.finetune.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_parses(path):
+    docs = documents(path)
+    assert docs and all(isinstance(doc, dict) for doc in docs)
+    for key, value in (pair for doc in docs for pair in walk(doc)):
+        if key == "runtimeEnvYAML":
+            assert isinstance(yaml.safe_load(value), dict)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_job_commands_name_real_scripts_and_real_flags(path):
+    commands = config_job_commands(path)
+    if path.name.startswith("ray-job."):
+        assert commands, f"{path.name} is a RayJob but no 'python jobs/NAME.py ...' entrypoint was found"
+        assert {Path(script).stem for script, _ in commands} == {path.name.split(".")[1]}
+    for script, args in commands:
+        assert (ROOT / script).is_file(), f"{path.name} runs {script}, which does not exist"
+        try:
+            parse_with_job_parser(script, args)
+        except typer.TyperException as err:
+            pytest.fail(f"{path.name}: '{script} {shlex.join(args)}' is refused by its parser: "
+                        f"{err.format_message() if hasattr(err, 'format_message') else err}")
+
+
+def test_every_job_script_has_a_cluster_config():
+    covered = {Path(script).stem for path in CONFIGS for script, _ in config_job_commands(path)}
+    assert covered == set(JOBS) and covered >= {"label", "finetune"}
+
+
+def test_a_renamed_flag_would_fail_the_check():
+    """Guard against a vacuous check: the same extraction and parser refuse a flag the job does not have."""
+    [(script, args)] = job_commands("cd /app && TF_CPP_MIN_LOG_LEVEL=2 python jobs/label.py \\\n s3://b/in s3://b/out "
+                                    "--top-kk 5 | tee log")
+    assert (script, args) == ("jobs/label.py", ["s3://b/in", "s3://b/out", "--top-kk", "5"])
+    with pytest.raises(typer.TyperException, match="--top-kk"):
+        parse_with_job_parser(script, args)
+    with pytest.raises(typer.TyperException):
+        parse_with_job_parser("jobs/finetune.py", ["data", "out", "--workers", "two"])
+    parse_with_job_parser("jobs/finetune.py", ["data", "out", "--workers", "2"])
+
+
+def test_every_node_runs_the_same_ray_image_as_this_client():
+    images = {(path.name, value) for path in CONFIGS for doc in documents(path)
+              for key, value in walk(doc) if key == "image"}
+    assert {name for name, _ in images} == {p.name for p in CONFIGS}
+    assert {image for _, image in images} == {IMAGE}
+    versions = {value for path in CONFIGS for doc in documents(path) for key, value in walk(doc) if key == "rayVersion"}
+    assert versions == {ray.__version__}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("ray-")], ids=lambda p: p.name)
+def test_kuberay_gpu_workers_autoscale_and_jobs_clean_up(path):
+    doc = documents(path)[0]
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    [gpu] = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in
+             g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert gpu["minReplicas"] < gpu["maxReplicas"]
+    if doc["kind"] == "RayJob":
+        assert doc["spec"]["shutdownAfterJobFinishes"] is True
+        runtime_env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+        assert all("==" in package for package in runtime_env["pip"]["packages"])

@@ -1,0 +1,215 @@
+"""Fine-tuning end to end: real handwritten digits, 2 Ray Train workers, the model handed to labeling."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT_EVERY = 6  # every 6th digit is kept away from training, for labeling afterwards
+
+
+def _write_digits(root: Path, indices, images, targets, size: int = 32) -> None:
+    for i in indices:
+        folder = root / str(targets[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (images[i] / 16.0 * 255).astype(np.uint8)  # 8x8 values 0..16 -> 0..255
+        Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BILINEAR).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """scikit-learn's 1,797 real digits as PNGs: train/<digit>/ (plus one corrupt file) and heldout/<digit>/."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    root = tmp_path_factory.mktemp("digits")
+    everything = range(len(data.target))
+    _write_digits(root / "train", [i for i in everything if i % HELD_OUT_EVERY], data.images, data.target)
+    _write_digits(root / "heldout", [i for i in everything if not i % HELD_OUT_EVERY], data.images, data.target)
+    good = (root / "train" / "3" / "0003.png").read_bytes()
+    (root / "train" / "3" / "corrupt.png").write_bytes(good[: len(good) // 2])
+    return {"train": root / "train", "heldout": root / "heldout"}
+
+
+def _history(output: Path) -> list[dict[str, str]]:
+    with open(output / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _accuracy(paths, labels) -> float:
+    return float(np.mean([Path(p).parent.name == label for p, label in zip(paths, labels)]))
+
+
+@pytest.mark.slow
+def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, tmp_path):
+    output = tmp_path / "model"
+    started = time.monotonic()
+    result = runner.invoke(app, ["finetune", str(digits["train"]), str(output), "--workers", "2",
+                                 "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "64",
+                                 "--no-augment", "--lr", "2e-3", "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    summary = result.stdout.strip().splitlines()[-1]
+    print(f"{summary} [{time.monotonic() - started:.0f} s in the test]")
+    assert "fine-tuned 10 classes on " in summary and "with 2 worker(s)" in summary
+    assert "1 unreadable image(s) skipped" in summary  # the corrupt PNG, not a crash
+
+    history = _history(output)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]
+    assert [int(row["stage"]) for row in history] == [1, 1, 1, 2, 2, 2]
+    best = max(float(row["val_accuracy"]) for row in history)
+    assert best >= 0.90, history
+    # Data-parallel for real: each epoch every training image went through exactly one of the two
+    # workers (equal shards drop at most one), not both.
+    train_images = int(summary.split(" on ")[1].split()[0])
+    assert all(int(row["train_images"]) == train_images - train_images % 2 for row in history)
+    assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((output / "pipeline_model.json").read_text())
+    assert meta["class_names"] == [str(d) for d in range(10)] and meta["input_size"] == 64
+    assert meta["base"] == "efficientnet_lite0"
+
+    import pipeline
+
+    held_out = sorted(str(p) for p in digits["heldout"].rglob("*.png"))
+    predictions = pipeline.classify(held_out, model=str(output), top_k=1)
+    accuracy = _accuracy(held_out, [p.label for p in predictions])
+    print(f"held-out accuracy through pipeline.classify: {accuracy:.4f} on {len(held_out)} digits")
+    assert accuracy >= 0.90
+
+    labeled = tmp_path / "labels"
+    result = runner.invoke(app, ["label", str(digits["heldout"]), str(labeled), "--model", str(output)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(labeled)
+    assert {"path", "label", "score", "top_labels", "top_scores", "top_ids", "model", "error"} <= set(frame.columns)
+    assert len(frame) == len(held_out) and frame["error"].isna().all()
+    assert set(frame["label"]) <= {str(d) for d in range(10)}
+    assert _accuracy(frame["path"], frame["label"]) >= 0.90
+
+
+def _checkpointed_epoch(output: Path) -> int:
+    """The last epoch whose checkpoint Ray Train has registered (0 when none)."""
+    snapshot = output / "checkpoints" / "checkpoint_manager_snapshot.json"
+    try:
+        text = snapshot.read_text()
+    except (FileNotFoundError, OSError):
+        return 0
+    epochs = [int(part[:4]) for part in text.split("epoch_")[1:] if part[:4].isdigit()]
+    return max(epochs, default=0)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    source = tmp_path / "three_digits"
+    _write_digits(source, [i for i in range(len(data.target)) if data.target[i] < 3][:150], data.images, data.target)
+    output = tmp_path / "model"
+    command = [sys.executable, "-m", "pipeline", "finetune", str(source), str(output), "--workers", "2",
+               "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "32", "--batch-size", "8"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpointed_epoch(output) < 1:
+            if proc.poll() is not None:
+                pytest.fail(f"the job ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint appeared in time")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)  # kill -9 of the driver
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it started
+        except ProcessLookupError:
+            pass
+    done = _checkpointed_epoch(output)
+    assert 1 <= done < 6, "the kill came too late to test resuming"
+    with open(output / "checkpoints" / f"epoch_{done:04d}" / "state.json") as f:
+        before = json.load(f)["history"]
+    assert not (output / "history.csv").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr  # a second run never overwrites silently
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "6 epochs" in resumed.stdout
+    history = _history(output)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]  # none repeated, none missing
+    for row, saved in zip(history[:done], before):  # the epochs before the kill were not trained again
+        assert float(row["loss"]) == pytest.approx(saved["loss"], rel=1e-12)
+        assert float(row["val_accuracy"]) == pytest.approx(saved["val_accuracy"], rel=1e-12)
+    assert (output / "model.keras").exists()
+
+
+@pytest.fixture()
+def two_classes(tmp_path) -> Path:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    root = tmp_path / "data"
+    _write_digits(root, [i for i in range(60) if data.target[i] < 2], data.images, data.target)
+    return root
+
+
+def _finetune(*args: str):
+    return runner.invoke(app, ["finetune", *args])
+
+
+def test_missing_data_is_a_usage_error(tmp_path):
+    result = _finetune(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr and "subfolder of images per class" in result.stderr
+
+
+def test_a_single_class_is_refused(two_classes, tmp_path):
+    (two_classes / "1").rename(tmp_path / "moved")
+    result = _finetune(str(two_classes), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "at least two class subfolders" in result.stderr and "only '0'" in result.stderr
+
+
+def test_an_empty_class_folder_is_named(two_classes, tmp_path):
+    (two_classes / "cats").mkdir()
+    (two_classes / "cats" / "notes.txt").write_text("no pictures here")
+    result = _finetune(str(two_classes), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "'cats'" in result.stderr and "hold no images" in result.stderr
+
+
+def test_more_workers_than_cpus_says_how_many_there_are(two_classes, tmp_path):
+    result = _finetune(str(two_classes), str(tmp_path / "out"), "--workers", "512")
+    assert result.exit_code == 2
+    assert f"needs 512 CPUs but this machine has {len(os.sched_getaffinity(0))}" in result.stderr
+
+
+def test_bad_unfreeze_value(two_classes, tmp_path):
+    result = _finetune(str(two_classes), str(tmp_path / "out"), "--unfreeze", "top")
+    assert result.exit_code == 2 and "--unfreeze 'top'" in result.stderr
+
+
+def test_job_entry_point_uses_the_same_parser(tmp_path):
+    done = subprocess.run([sys.executable, "jobs/finetune.py", str(tmp_path / "nowhere"), str(tmp_path / "out"),
+                           "--workers", "2", "--fine-tune-epochs", "1", "--unfreeze", "all"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    bad = subprocess.run([sys.executable, "jobs/finetune.py", "a", "b", "--no-such-option"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "No such option" in bad.stderr

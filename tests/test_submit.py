@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -75,21 +74,24 @@ class RayHead:
         raise RuntimeError(f"the Ray head did not answer within {timeout} s; see {self.log.name}")
 
     def stop(self) -> None:
+        """What `ray stop` does (SIGTERM, grace period, SIGKILL), but only to this head's own processes."""
         try:
-            ours = psutil.Process(self.process.pid).children(recursive=True)
+            launcher = psutil.Process(self.process.pid)
+            ours = [launcher, *launcher.children(recursive=True)]
         except psutil.NoSuchProcess:
             ours = []
-        self.process.send_signal(signal.SIGTERM)  # `ray start --block` shuts its cluster down on SIGTERM
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        _, alive = psutil.wait_procs(ours, timeout=10)
-        for process in alive:  # only processes this head started
+        for process in ours:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(ours, timeout=5)  # some workers ignore SIGTERM
+        for process in alive:
             try:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
+        self.process.wait(timeout=10)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -147,12 +149,14 @@ def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coff
     assert logs.exit_code == 0 and "python jobs/label.py" in logs.stdout and "labeled 2 images" in logs.stdout
 
 
-def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path):
-    result = pipeline("submit", "label", str(tmp_path / "no-such-folder"), str(tmp_path / "out"),
+@pytest.mark.parametrize("job", ["label", "finetune"])
+def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path, job):
+    result = pipeline("submit", job, str(tmp_path / "no-such-folder"), str(tmp_path / "out"),
                       "--address", head.address, "--wait", env=client_env)
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.stderr
-    assert "no-such-folder" in result.stdout  # the job's own error message, streamed back
+    assert f"python jobs/{job}.py" in result.stdout  # the job script ran on the cluster...
+    assert "no-such-folder" in result.stdout  # ...and its own error message is streamed back
 
 
 def test_stop_a_long_job(head, client_env, photos, tmp_path):
@@ -188,6 +192,9 @@ def test_a_typo_in_the_job_arguments_fails_before_anything_is_submitted(head, cl
     assert "No such option: --top-kk" in result.stderr and "--top-k" in result.stderr
     missing = pipeline("submit", "label", str(cat_and_coffee), "--address", head.address, env=client_env)
     assert missing.exit_code == 2 and "Missing argument" in missing.stderr
+    bad_value = pipeline("submit", "finetune", str(cat_and_coffee), str(tmp_path / "model"), "--workers", "two",
+                         "--address", head.address, env=client_env)
+    assert bad_value.exit_code == 2 and "--workers" in bad_value.stderr
     assert pipeline("jobs", "list", "--address", head.address, env=client_env).stdout == before
 
 

@@ -40,7 +40,7 @@ class RayHead:
     def __init__(self, root: Path):
         self.token_file = root / "token"
         self.token_file.write_text(secrets.token_hex(32))
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths have a limit
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="submit-test-", dir="/tmp"))  # short: socket paths have a limit
         self.dashboard_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN"}}
@@ -216,6 +216,8 @@ def test_an_unreachable_address_is_a_clear_error(tmp_path):
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith(f"error: cannot reach the Ray job server at {closed}")
         assert "Traceback" not in result.output
+    client_port = pipeline("jobs", "list", "--address", "ray://127.0.0.1:10001")
+    assert client_port.exit_code == 2 and "dashboard URL, e.g. http://HEAD:8265" in client_port.stderr
 
 
 def test_the_token_is_found_where_ray_looks_for_it(head, tmp_path):

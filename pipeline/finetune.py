@@ -7,8 +7,8 @@ then write ``history.csv``, ``curves.png`` and the artifact into OUTPUT.
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,16 +88,11 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
              f"{config.workers} worker(s)")
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if config.address is None:
-            check_local_cpus(config)
-        try:
-            ray.init(address=config.address or "local", include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=True)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"cannot reach the Ray cluster at '{config.address}': {err}") from err
-    try:
+    from pipeline.ray_session import ray_session
+
+    if config.address is None and not ray.is_initialized():
+        check_local_cpus(config)  # before paying for a Ray start
+    with ray_session(config.address):
         check_cluster_resources(config, ray.cluster_resources())
         train, val = (decode_split(items, size, config.batch_size, config.storage_options)
                       for items in (files.train, files.val))
@@ -107,13 +102,13 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
         directory = _fit(config, files, size, train, val, progress)
-        from pipeline.finetune_worker import read_state
+    from pipeline.finetune_worker import read_state
 
+    try:
         summary.history = read_state(directory)["history"]
         export(config, files, size, directory)
     finally:
-        if started_here:
-            ray.shutdown()
+        shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
     from pipeline.training_curves import plot_curves, write_history
 
     write_history(summary.history, config.output)

@@ -299,5 +299,10 @@ def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | No
 def raise_for_status(job_id: str, status: str, message: str | None = None) -> None:
     """Exit code contract for --wait: SUCCEEDED is fine, anything else is a failed job."""
     if status != "SUCCEEDED":
-        detail = f": {message.strip()}" if message else ""
+        detail = f": {first_line(message)}" if message and message.strip() else ""
         raise JobFailedError(f"job {job_id} ended {status}{detail}")
+
+
+def first_line(message: str) -> str:
+    """Ray appends the job's last 20,000 characters of logs to a failure message; keep the headline."""
+    return message.strip().splitlines()[0].split(", last available logs")[0].rstrip(":,")

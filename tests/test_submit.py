@@ -155,6 +155,9 @@ def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path, job
                       "--address", head.address, "--wait", env=client_env)
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.stderr
+    job_id = result.stdout.splitlines()[0]
+    assert result.stderr.strip().splitlines()[-1] == (  # a headline, not the logs a second time
+        f"error: job {job_id} ended FAILED: Job entrypoint command failed with exit code 2")
     assert f"python jobs/{job}.py" in result.stdout  # the job script ran on the cluster...
     assert "no-such-folder" in result.stdout  # ...and its own error message is streamed back
 

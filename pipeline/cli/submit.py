@@ -97,13 +97,13 @@ def jobs_list(address: Address) -> None:
 def jobs_status(job_id: Annotated[str, typer.Argument(help="The id printed by 'pipeline submit'.")],
                 address: Address) -> None:
     """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and its message."""
-    from pipeline.submit import Cluster
+    from pipeline.submit import Cluster, first_line
 
     with user_errors():
         info = Cluster(address).info(job_id)
     typer.echo(info.status.value)
-    if info.message:
-        typer.echo(info.message.strip(), err=True)
+    if info.message and info.message.strip():
+        typer.echo(first_line(info.message), err=True)
 
 
 @jobs_app.command("logs")

@@ -41,6 +41,7 @@ class FinetuneConfig:
     val: str | None = None  # separate validation folder with the same class subfolders
     image_size: int | None = None  # train at this square size (default: the base's native size)
     augment: bool = True  # random flip/rotation/zoom on training batches
+    cache_features: bool = False  # frozen base + no augmentation: compute base features once, train the head
     resume: bool = False  # continue from the last checkpoint in OUTPUT
     address: str | None = None  # Ray cluster address; None starts a local Ray here
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for DATA/OUTPUT
@@ -124,6 +125,9 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError(f"--val-fraction {config.val_fraction} should be between 0 and 1")
     if config.image_size is not None and config.image_size < 32:
         raise UserError(f"--image-size {config.image_size} is too small; use 32 or more")
+    if config.cache_features and (config.augment or config.fine_tune_epochs):
+        raise UserError("--cache-features needs a base that never changes and images that never change: "
+                        "add --no-augment and leave --fine-tune-epochs at 0")
     if config.epochs < 1:
         raise UserError("--epochs must be at least 1 (the new head is trained first)")
 
@@ -194,7 +198,8 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, train: DecodedS
         "base": config.base, "image_size": size, "num_classes": len(files.class_names),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs, "unfreeze": config.unfreeze,
         "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": FINE_TUNE_LR_FACTOR,
-        "augment": config.augment, "cpus_per_worker": config.cpus_per_worker,
+        "augment": config.augment, "cache_features": config.cache_features,
+        "cpus_per_worker": config.cpus_per_worker,
     }
     trainer = TensorflowTrainer(
         train_loop_per_worker,

@@ -60,19 +60,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 saved_optimizer = {key: data[key] for key in data.files}
         _log(rank, f"resuming after epoch {state['epoch']} (stage {state['stage']})")
 
-    image_spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
     label_spec = tf.TensorSpec([None], tf.int32)
+    if config["cache_features"]:
+        # Frozen base, no augmentation: its pooled features never change, so compute them once
+        # and train only dropout + dense on them. The weights are the model's own head layers.
+        input_spec = tf.TensorSpec([None, model.get_layer("head_pool").output.shape[-1]], tf.float32)
+        dropout, classes = model.get_layer("head_dropout"), model.get_layer("head_classes")
+
+        def forward(features, training):
+            return classes(dropout(features, training=training))
+    else:
+        input_spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+
+        def forward(images, training):
+            x = tf.cast(images, tf.float32)
+            if training and augment is not None:
+                x = augment(x, training=True)
+            return model(preprocess(x), training=training)
 
     def make_train_step(optimizer):
         variables = model.trainable_variables
 
-        def replica_step(images, labels):
-            x = tf.cast(images, tf.float32)
-            if augment is not None:
-                x = augment(x, training=True)
-            x = preprocess(x)
+        def replica_step(inputs, labels):
             with tf.GradientTape() as tape:
-                probabilities = model(x, training=True)
+                probabilities = forward(inputs, training=True)
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
                 global_batch = tf.shape(labels)[0] * strategy.num_replicas_in_sync
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
@@ -80,36 +91,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.apply_gradients(zip(gradients, variables))  # all-reduces (sums) across workers
             return _sums(per_example, probabilities, labels)
 
-        @tf.function(input_signature=[image_spec, label_spec])
-        def train_step(images, labels):
-            return strategy.run(replica_step, args=(images, labels))
+        @tf.function(input_signature=[input_spec, label_spec])
+        def train_step(inputs, labels):
+            return strategy.run(replica_step, args=(inputs, labels))
 
         return train_step
 
-    @tf.function(input_signature=[image_spec, label_spec])
-    def val_step(images, labels):
-        def replica_step(images, labels):
-            probabilities = model(preprocess(tf.cast(images, tf.float32)), training=False)
+    @tf.function(input_signature=[input_spec, label_spec])
+    def val_step(inputs, labels):
+        def replica_step(inputs, labels):
+            probabilities = forward(inputs, training=False)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
             return _sums(per_example, probabilities, labels)
 
-        return strategy.run(replica_step, args=(images, labels))
+        return strategy.run(replica_step, args=(inputs, labels))
 
     @tf.function(input_signature=[tf.TensorSpec([3], tf.float64)])
     def all_reduce_sum(values):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
 
-    def run_epoch(shard, step, shuffle: bool) -> tuple[np.ndarray, float]:
-        started = time.perf_counter()
-        totals = np.zeros(3)
+    def shard_batches(shard, shuffle: bool):
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False,
                                         local_shuffle_buffer_size=SHUFFLE_BUFFER if shuffle else None):
-            totals += [float(t) for t in step(batch["image"], batch["label"].astype(np.int32))]
+            yield batch["image"], batch["label"].astype(np.int32)
+
+    def run_epoch(batches, step) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        totals = np.zeros(3)
+        for inputs, labels in batches:
+            totals += [float(t) for t in step(inputs, labels)]
         seconds = time.perf_counter() - started
         return all_reduce_sum(totals).numpy(), seconds
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    if config["cache_features"]:
+        started = time.perf_counter()
+        features = keras.Model(model.input, model.get_layer("head_pool").output)
+        extract = tf.function(lambda images: features(preprocess(tf.cast(images, tf.float32)), training=False))
+        cached = {name: _cache(shard_batches(shard, shuffle=False), extract)
+                  for name, shard in (("train", train_shard), ("val", val_shard))}
+        _log(rank, f"cached base features of {len(cached['train'][1])} training images per worker "
+                   f"in {time.perf_counter() - started:.1f} s")
+
+    def epoch_batches(name: str, shuffle: bool):
+        if not config["cache_features"]:
+            return shard_batches(train_shard if name == "train" else val_shard, shuffle)
+        inputs, labels = cached[name]
+        order = np.random.permutation(len(labels)) if shuffle else np.arange(len(labels))
+        return ((inputs[order[i:i + batch_size]], labels[order[i:i + batch_size]])
+                for i in range(0, len(labels), batch_size))
+
     train_step, stage = None, 0
     for epoch in range(state["epoch"] + 1, total_epochs + 1):
         wanted_stage = 1 if epoch <= config["epochs"] else 2
@@ -126,8 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved_optimizer = None
             train_step = make_train_step(optimizer)
             _log(rank, f"stage {stage}: {len(model.trainable_variables)} trainable tensors, lr {learning_rate:g}")
-        (loss, correct, seen), train_seconds = run_epoch(train_shard, train_step, shuffle=True)
-        (val_loss, val_correct, val_seen), _ = run_epoch(val_shard, val_step, shuffle=False)
+        (loss, correct, seen), train_seconds = run_epoch(epoch_batches("train", shuffle=True), train_step)
+        (val_loss, val_correct, val_seen), _ = run_epoch(epoch_batches("val", shuffle=False), val_step)
         metrics = {
             "epoch": epoch, "stage": stage,
             "loss": loss / max(seen, 1), "accuracy": correct / max(seen, 1),
@@ -157,6 +189,15 @@ def _sums(per_example, probabilities, labels):
     predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
     return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+
+def _cache(batches, extract) -> tuple[np.ndarray, np.ndarray]:
+    """All (features, labels) of one shard, in memory (pooled features are small: e.g. 1280 floats)."""
+    features, labels = [], []
+    for images, batch_labels in batches:
+        features.append(extract(images).numpy())
+        labels.append(batch_labels)
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def _restore_optimizer(optimizer, saved: dict[str, np.ndarray]) -> None:

@@ -159,6 +159,35 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
     assert (output / "model.keras").exists()
 
 
+@pytest.mark.slow
+def test_cached_features_train_the_head_and_export_a_full_model(tmp_path):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    source = tmp_path / "three_digits"
+    _write_digits(source, [i for i in range(len(data.target)) if data.target[i] < 3][:240], data.images, data.target)
+    output = tmp_path / "model"
+    result = runner.invoke(app, ["finetune", str(source), str(output), "--workers", "2", "--epochs", "6",
+                                 "--image-size", "32", "--no-augment", "--cache-features", "--lr", "3e-3"])
+    assert result.exit_code == 0, result.output
+    history = _history(output)
+    assert len(history) == 6 and max(float(row["val_accuracy"]) for row in history) >= 0.85, history
+    meta = json.loads((output / "pipeline_model.json").read_text())
+    assert meta["class_names"] == ["0", "1", "2"] and meta["input_size"] == 32
+    import pipeline
+
+    ones = sorted(str(p) for p in (source / "1").glob("*.png"))[:10]
+    assert [p.label for p in pipeline.classify(ones, model=str(output), top_k=1)].count("1") >= 8
+
+
+def test_cache_features_needs_a_frozen_base_and_no_augmentation(tmp_path):
+    result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features")
+    assert result.exit_code == 2 and "--no-augment" in result.stderr
+    result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features", "--no-augment",
+                       "--fine-tune-epochs", "2")
+    assert result.exit_code == 2 and "--fine-tune-epochs at 0" in result.stderr
+
+
 @pytest.fixture()
 def two_classes(tmp_path) -> Path:
     from sklearn.datasets import load_digits

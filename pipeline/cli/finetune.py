@@ -40,6 +40,7 @@ def finetune_command(
     val: Annotated[Optional[str], typer.Option(help="Separate validation folder (same class subfolders).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Train at SxS pixels (default: the base's native size).")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flip/rotation/zoom on training images.")] = True,
+    cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --no-augment: compute the base's features once, then train the head on them.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUTPUT.")] = False,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
     cpus_per_worker: Annotated[float, typer.Option(min=0.01, help="CPUs Ray reserves for each worker.")] = 1.0,
@@ -56,7 +57,8 @@ def finetune_command(
             data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
             batch_size=batch_size, lr=lr, val_fraction=val_fraction, val=val, image_size=image_size,
-            augment=augment, resume=resume, address=address, storage_options=current_options(),
+            augment=augment, cache_features=cache_features, resume=resume, address=address,
+            storage_options=current_options(),
         )
         summary = run_finetune(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

@@ -40,7 +40,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Reads TF_CONFIG, which Ray Train's TensorflowConfig wrote for this worker.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
     size, batch_size = config["image_size"], config["batch_size"]
     total_epochs = config["epochs"] + config["fine_tune_epochs"]
     preprocess = get_spec(config["base"]).preprocess_input

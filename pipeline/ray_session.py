@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Iterator
 
 from pipeline.errors import UserError
@@ -14,10 +15,11 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Connect to ``address`` (None: a new local Ray on this machine); disconnect at the end.
+    """Connect to ``address``; disconnect at the end.
 
-    ``address="local"`` always starts a fresh instance, never attaching to a cluster that a
-    ``ray start`` elsewhere on this machine left behind. An existing connection is reused as is.
+    With no address: inside a Ray job (``RAY_ADDRESS`` set by the job server) join that cluster,
+    else start a fresh local Ray -- ``"local"``, never attaching to a cluster that a ``ray start``
+    elsewhere on this machine left behind. An existing connection is reused as is.
     """
     import ray
 
@@ -25,7 +27,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     try:
-        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "

@@ -27,7 +27,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 logging_level=logging.WARNING,
                  log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "

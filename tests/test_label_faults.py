@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 import pytest
 
-N_COPIES = 12  # x 4 photos = 48 images: long enough to kill mid-way, short enough for CI
+N_COPIES = 20  # x 4 photos = 80 images: long enough to kill mid-way, short enough for CI
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def many_photos(tmp_path, photos) -> Path:
 
 def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline", "label", str(source), str(out),
-           "--batch-size", "4", "--rows-per-file", "4", *extra]
+           "--batch-size", "2", "--batches-per-task", "1", "--rows-per-file", "2", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
@@ -71,7 +71,7 @@ def test_resume_after_driver_killed_is_exactly_once(many_photos, tmp_path):
     finally:
         _kill_session(proc)
     written_before = len(pd.read_parquet(out)) if list(out.glob("part-*")) else 0
-    assert 0 < written_before < 4 * N_COPIES
+    assert 0 < written_before < 4 * N_COPIES, f"{written_before} rows before the kill"
     resumed = subprocess.run([sys.executable, "-m", "pipeline", "label", str(many_photos), str(out),
                               "--resume", "--batch-size", "8"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -32,6 +32,8 @@ def label_command(
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    batches_per_task: Annotated[int, typer.Option(
+        min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = 4,
     concurrency: Annotated[str, typer.Option(help="Predictor actors: N, or MIN,MAX to autoscale.")] = "1",
     num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = 0.0,
     cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = 1.0,
@@ -54,6 +56,7 @@ def label_command(
         apply_storage_options(storage_options)
         config = LabelConfig(
             source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
+            batches_per_task=batches_per_task,
             concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
             cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),

@@ -247,18 +247,12 @@ def with_cluster_address(job: str, args: Sequence[str]) -> list[str]:
     return args
 
 
-def build_runtime_env(working_dir: Path, extra_json: str | None = None,
+def build_runtime_env(working_dir: Path, extra: dict | None = None,
                       env_vars: dict[str, str] | None = None) -> dict:
     """working_dir = the project (code only; dependencies are installed on the nodes), plus user additions."""
     runtime_env: dict = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
-    if extra_json:
-        try:
-            extra = json.loads(extra_json)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--runtime-env is not valid JSON ({err}); example: "
-                            '\'{"pip": ["s3fs==2024.6.1"], "env_vars": {"AWS_REGION": "us-east-1"}}\'') from None
-        if not isinstance(extra, dict):
-            raise UserError("--runtime-env must be a JSON object")
+    if extra:
+        extra = dict(extra)
         runtime_env["excludes"] += extra.pop("excludes", [])
         runtime_env.update(extra)
     if env_vars:
@@ -280,7 +274,7 @@ def forwarded_env(names_or_pairs: Sequence[str]) -> dict[str, str]:
 
 
 def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | None = None,
-           runtime_env_json: str | None = None, env: Sequence[str] = (),
+           runtime_env: dict | None = None, env: Sequence[str] = (),
            submission_id: str | None = None) -> tuple[Cluster, str]:
     """Validate ARGS locally, connect, upload the project and start ``python jobs/<job>.py ARGS``."""
     if job not in JOB_SCRIPTS:
@@ -290,9 +284,9 @@ def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | No
     root = Path(working_dir).resolve() if working_dir else project_root()
     if not (root / JOB_SCRIPTS[job]).is_file():
         raise UserError(f"{root / JOB_SCRIPTS[job]} does not exist; --working-dir must be the project root")
-    runtime_env = build_runtime_env(root, runtime_env_json, forwarded_env(env))
     cluster = Cluster(address)
-    job_id = cluster.submit(job_entrypoint(job, args), runtime_env, submission_id)
+    job_id = cluster.submit(job_entrypoint(job, args), build_runtime_env(root, runtime_env, forwarded_env(env)),
+                            submission_id)
     return cluster, job_id
 
 

@@ -109,6 +109,7 @@ def test_glob_list_files_and_limit(photo_dir, tmp_path):
         (["{photos}", "{tmp}/out", "--model", "resnet5"], "did you mean resnet50"),
         (["{photos}", "{tmp}/file.txt/out"], "is not writable"),
         (["{photos}", "{tmp}/out", "--concurrency", "3,1"], "MIN,MAX"),
+        (["{photos}", "{tmp}/out", "--storage-options", "[1]"], "--storage-options must be a JSON object"),
         (["{photos}", "{tmp}/out", "--model", "mobilenet_v2"], "could not download the ImageNet weights"),
     ],
 )

@@ -223,6 +223,13 @@ def test_an_unreachable_address_is_a_clear_error(tmp_path):
     assert client_port.exit_code == 2 and "dashboard URL, e.g. http://HEAD:8265" in client_port.stderr
 
 
+def test_a_bad_runtime_env_is_refused_before_connecting(tmp_path):
+    for text, message in (("{pip:", "--runtime-env is not valid JSON"), ("[1]", "--runtime-env must be a JSON object")):
+        result = pipeline("submit", "label", str(tmp_path), str(tmp_path / "out"), "--runtime-env", text,
+                          "--address", f"http://127.0.0.1:{free_port()}")
+        assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}")
+
+
 def test_the_token_is_found_where_ray_looks_for_it(head, tmp_path):
     token = head.token_file.read_text()
     home = tmp_path / "home"

@@ -8,15 +8,22 @@ from pipeline import storage
 from pipeline.errors import UserError
 
 
+def parse_json_object(text: str | None, option: str, example: str) -> dict | None:
+    """The JSON object given to ``option`` (None when absent); UserError with ``example`` otherwise."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{option} is not valid JSON ({err}); example: '{example}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} must be a JSON object; example: '{example}'")
+    return value
+
+
 def apply_storage_options(text: str | None) -> None:
     """Parse ``--storage-options`` JSON and hand it to the storage layer."""
-    if not text:
-        return
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--storage-options is not valid JSON ({err}); example: "
-                        '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'') from err
-    if not isinstance(options, dict):
-        raise UserError("--storage-options must be a JSON object")
-    storage.set_storage_options(options)
+    options = parse_json_object(text, "--storage-options",
+                                '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}')
+    if options is not None:
+        storage.set_storage_options(options)

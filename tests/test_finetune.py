@@ -112,13 +112,19 @@ def _checkpointed_epoch(output: Path) -> int:
     return max(epochs, default=0)
 
 
-@pytest.mark.slow
-def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
+def _three_digits(tmp_path, count: int):
+    """The first ``count`` real digits of classes 0-2, as class folders: a small, quick 3-class set."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     source = tmp_path / "three_digits"
-    _write_digits(source, [i for i in range(len(data.target)) if data.target[i] < 3][:150], data.images, data.target)
+    _write_digits(source, [i for i in range(len(data.target)) if data.target[i] < 3][:count], data.images, data.target)
+    return source
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
+    source = _three_digits(tmp_path, 150)
     output = tmp_path / "model"
     command = [sys.executable, "-m", "pipeline", "finetune", str(source), str(output), "--workers", "2",
                "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "32", "--batch-size", "8"]
@@ -161,11 +167,7 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_cached_features_train_the_head_and_export_a_full_model(tmp_path):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    source = tmp_path / "three_digits"
-    _write_digits(source, [i for i in range(len(data.target)) if data.target[i] < 3][:240], data.images, data.target)
+    source = _three_digits(tmp_path, 240)
     output = tmp_path / "model"
     result = runner.invoke(app, ["finetune", str(source), str(output), "--workers", "2", "--epochs", "6",
                                  "--image-size", "32", "--no-augment", "--cache-features", "--lr", "3e-3"])

@@ -135,7 +135,7 @@ class Predictor:
         )
 
 
-def model_input_size(model: str, weights: str) -> int:
+def model_input_size(model: str) -> int:
     """The square size images are decoded to, known without building the model."""
     from pipeline.models import artifact
     from pipeline.models.loading import resolve_spec
@@ -149,7 +149,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     started = time.monotonic()
     storage.set_storage_options(config.storage_options)
     check_model(config.model, config.weights)
-    size = model_input_size(config.model, config.weights)
+    size = model_input_size(config.model)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     done = prepare_output(config.output, config.mode)
@@ -158,13 +158,12 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
              f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
     if todo:
-        _run_on_ray(config, todo, size, summary, progress)
+        _run_on_ray(config, todo, size, summary)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary,
-                progress: Callable[[str], None]) -> None:
+def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary) -> None:
     with ray_session(config.address):
         try:
             writer = PartWriter(config.output, config.rows_per_file, config.seconds_per_file)

@@ -89,7 +89,8 @@ def prepare_output(output: str, mode: str) -> set[str]:
     parts = part_files(output)
     if mode == "overwrite":
         for part in parts:
-            storage.filesystem(part)[0].rm(storage.filesystem(part)[1])
+            part_fs, path = storage.filesystem(part)
+            part_fs.rm(path)
         return set()
     if mode == "resume":
         return done_paths(output)

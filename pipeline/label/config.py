@@ -1,0 +1,48 @@
+"""What a labeling run is asked to do (LabelConfig) and what it did (LabelSummary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.models.registry import DEFAULT_MODEL
+
+
+@dataclass
+class LabelConfig:
+    source: str  # folder, glob or list file; local or fsspec URL
+    output: str  # folder or bucket prefix for the Parquet parts
+    model: str = DEFAULT_MODEL  # registry name or fine-tuned artifact location
+    weights: str = "imagenet"  # imagenet | none | weights file path/URL
+    top_k: int = 5  # classes kept per image
+    batch_size: int = 32  # images per forward pass
+    batches_per_task: int = 4  # forward passes per Ray task: fewer, larger tasks cut scheduling overhead
+    concurrency: tuple[int, int] = (1, 1)  # predictor actors: (min, max)
+    num_gpus: float = 0.0  # GPUs per predictor actor (fractions share a GPU)
+    cpus_per_decode: float = 1.0  # CPUs reserved by each decode task
+    cpus_per_actor: float = 1.0  # CPUs reserved by each predictor actor
+    mode: str = "new"  # new | resume | overwrite
+    address: str | None = None  # Ray cluster to join; None starts a local one
+    limit: int | None = None  # label only the first N listed images
+    rows_per_file: int = 10_000  # rows per committed part file
+    seconds_per_file: float = 30.0  # also commit at least this often
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+
+
+@dataclass
+class LabelSummary:
+    listed: int  # images found in SOURCE (after --limit)
+    skipped: int  # already in OUTPUT (resume)
+    labeled: int  # rows written by this run
+    errors: int  # rows written with an error
+    ignored: int  # non-image files in SOURCE
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.labeled / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self, output: str) -> str:
+        return (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
+                f"{self.skipped} already done) in {self.seconds:.1f} s: "
+                f"{self.images_per_second:.1f} images/s -> {output}")

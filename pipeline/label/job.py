@@ -1,0 +1,98 @@
+"""The distributed labeling job: image paths -> Ray Data -> top-k -> exactly-once Parquet.
+
+    paths --read+decode+resize (CPU tasks)--> uint8 batches
+          --predict (actor pool, one model per actor)--> top-k rows
+          --commit (driver: atomic part files)--> OUTPUT/part-*.parquet
+
+Results are ~200 bytes an image, so the driver commits them itself: it is the
+only writer, a part file appears whole or not at all, and a resumed run skips
+every path already committed. Ray retries a task or restarts an actor that
+died, and the streaming executor hands each output block to the driver once,
+so no path is written twice.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Iterator
+
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.errors import JobFailedError, UserError
+from pipeline.label.config import LabelConfig, LabelSummary
+from pipeline.label.feed import read_and_decode
+from pipeline.label.output import PartWriter, prepare_output
+from pipeline.label.predictor import Predictor, model_input_size
+from pipeline.listing import list_images
+from pipeline.models.loading import check_model
+from pipeline.ray_session import ray_session
+
+
+def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
+    """Run the labeling job described by ``config``; UserError before any cluster work on bad input."""
+    started = time.monotonic()
+    storage.set_storage_options(config.storage_options)
+    check_model(config.model, config.weights)
+    size = model_input_size(config.model)
+    listing = list_images(config.source)
+    paths = listing.paths[: config.limit] if config.limit else listing.paths
+    done = prepare_output(config.output, config.mode)
+    todo = [p for p in paths if p not in done]
+    summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0)
+    progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
+             f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
+    if todo:
+        _run_on_ray(config, todo, size, summary)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary) -> None:
+    with ray_session(config.address):
+        try:
+            writer = PartWriter(config.output, config.rows_per_file, config.seconds_per_file)
+            for table in _prediction_stream(config, todo, size):
+                writer.add(table)
+                summary.labeled += table.num_rows
+                summary.errors += table.num_rows - table.column("error").null_count
+            writer.flush()
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
+            print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
+            raise JobFailedError(f"the labeling job failed after {summary.labeled} rows were committed "
+                                 f"({type(err).__name__}); re-run with --resume to finish it") from err
+
+
+def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Iterator[pa.Table]:
+    """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables, streamed."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    low, high = config.concurrency
+    task_size = config.batch_size * config.batches_per_task
+    dataset = ray.data.from_items(
+        [{"path": p} for p in todo],
+        override_num_blocks=max(1, math.ceil(len(todo) / task_size)),
+    )
+    dataset = dataset.map_batches(
+        read_and_decode,
+        fn_kwargs={"size": size, "storage_options": config.storage_options},
+        batch_size=task_size,
+        batch_format="numpy",
+        num_cpus=config.cpus_per_decode,
+    )
+    dataset = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
+                               "batch_size": config.batch_size, "storage_options": config.storage_options},
+        batch_size=task_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=low, max_size=high),
+        num_gpus=config.num_gpus or None,
+        num_cpus=config.cpus_per_actor,
+    )
+    return dataset.iter_batches(batch_size=None, batch_format="pyarrow")

@@ -1,0 +1,61 @@
+"""The predictor actor of the labeling job: one loaded model, decoded batches in, result rows out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.results import SCHEMA
+
+
+class Predictor:
+    """Actor: loads the model once, then turns decoded batches into top-k result rows."""
+
+    def __init__(self, model: str, weights: str, top_k: int, batch_size: int, storage_options: dict[str, Any]):
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)  # fractional-GPU actors share a card
+
+        from pipeline.inference import CompiledClassifier
+        from pipeline.models.loading import load_model
+
+        storage.set_storage_options(storage_options)
+        self.classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
+        self.model_name = self.classifier.loaded.name
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        errors = [str(e) if e else None for e in batch["error"]]
+        ok = np.array([e is None for e in errors], dtype=bool)
+        n, k = len(errors), self.classifier.top_k
+        ids = np.zeros((n, k), np.int32)
+        scores = np.zeros((n, k), np.float32)
+        if ok.any():
+            top = self.classifier.predict(batch["image"][ok])
+            ids[ok], scores[ok] = top.ids, top.scores
+        names = self.classifier.names(ids)
+        return pa.table(
+            {
+                "path": [str(p) for p in batch["path"]],
+                "label": [names[i][0] if ok[i] else None for i in range(n)],
+                "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
+                "top_labels": [names[i] if ok[i] else [] for i in range(n)],
+                "top_scores": [scores[i].tolist() if ok[i] else [] for i in range(n)],
+                "top_ids": [ids[i].tolist() if ok[i] else [] for i in range(n)],
+                "model": [self.model_name] * n,
+                "error": errors,
+            },
+            schema=SCHEMA,
+        )
+
+
+def model_input_size(model: str) -> int:
+    """The square size images are decoded to, known without building the model."""
+    from pipeline.models import artifact
+    from pipeline.models.loading import resolve_spec
+
+    spec = resolve_spec(model)
+    return spec.input_size if spec is not None else artifact.read_meta(model).input_size

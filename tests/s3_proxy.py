@@ -1,0 +1,145 @@
+"""A fault-injecting reverse proxy on 127.0.0.1 in front of an S3 endpoint (moto's server).
+
+Real object stores are slow and sometimes refuse: every GET pays 10-50 ms, and
+throttling or an outage answers ``503 SlowDown`` for longer than a client's own
+retries last. This proxy reproduces that on loopback so tests and benchmarks walk
+the path users take: ``latency`` seconds added to every request, ``outage(s)``
+answering 503 SlowDown for ``s`` seconds, ``drop_next(n)`` closing the next ``n``
+connections without an answer. Requests are forwarded whole (headers included,
+so SigV4 signatures and HEAD's Content-Length survive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate"}
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3FaultProxy:
+    """Forward to ``upstream`` (an http://127.0.0.1:PORT endpoint), adding latency and faults on demand."""
+
+    def __init__(self, upstream: str, latency: float = 0.0):
+        if not upstream.startswith(("http://127.", "http://localhost")):
+            raise ValueError(f"the proxy only forwards to loopback, not {upstream}")
+        self.upstream = upstream.rstrip("/")
+        self.latency = latency  # seconds added to every request
+        self.requests = 0  # requests received
+        self.refused = 0  # answered 503 SlowDown
+        self.dropped = 0  # connections closed without an answer
+        self._outage_until = 0.0
+        self._drop = 0
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="s3-fault-proxy")
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    # -- faults ---------------------------------------------------------------------------------
+    def outage(self, seconds: float) -> None:
+        """Answer every request with 503 SlowDown for the next ``seconds``."""
+        self._outage_until = time.monotonic() + seconds
+
+    def drop_next(self, count: int) -> None:
+        """Close the next ``count`` connections without answering (a connection reset)."""
+        with self._lock:
+            self._drop = count
+
+    def heal(self) -> None:
+        self._outage_until, self._drop = 0.0, 0
+
+    # -- server ---------------------------------------------------------------------------------
+    def start(self) -> "S3FaultProxy":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _start(self) -> None:
+        self._session = ClientSession(timeout=ClientTimeout(total=300), auto_decompress=False)
+        app = web.Application(client_max_size=2**31)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self.requests += 1
+            drop = self._drop > 0
+            if drop:
+                self._drop -= 1
+                self.dropped += 1
+        body = await request.read()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if drop:
+            request.transport.close()  # the client sees its connection reset, no answer
+            return web.Response(status=500)
+        if time.monotonic() < self._outage_until:
+            with self._lock:
+                self.refused += 1
+            return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(request.method, self.upstream + request.rel_url.raw_path_qs,
+                                         headers=headers, data=body or None,
+                                         allow_redirects=False) as upstream:
+            payload = await upstream.read()
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        if request.method == "HEAD":
+            # Keep the object's Content-Length on a body-less answer: s3fs sizes files from it.
+            response = web.StreamResponse(status=upstream.status, headers=out_headers)
+            response.content_length = int(out_headers.get("Content-Length", 0))
+            await response.prepare(request)
+            return response
+        out_headers.pop("Content-Length", None)
+        return web.Response(status=upstream.status, body=payload, headers=out_headers)
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def fault_proxy(upstream: str, latency: float = 0.0) -> Iterator[S3FaultProxy]:
+    proxy = S3FaultProxy(upstream, latency).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

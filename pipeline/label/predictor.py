@@ -26,8 +26,11 @@ class Predictor:
         storage.set_storage_options(storage_options)
         self.classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
         self.model_name = self.classifier.loaded.name
+        size = self.classifier.loaded.input_size
+        self.classifier.predict(np.zeros((1, size, size, 3), np.uint8))  # trace now, while the first batches decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Result rows in SCHEMA, plus the decode stage's ``transient`` flag for the driver (never stored)."""
         errors = [str(e) if e else None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         n, k = len(errors), self.classifier.top_k
@@ -49,7 +52,7 @@ class Predictor:
                 "error": errors,
             },
             schema=SCHEMA,
-        )
+        ).append_column("transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
 
 
 def model_input_size(model: str) -> int:

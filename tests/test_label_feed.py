@@ -152,3 +152,20 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     verbose = subprocess.run([*command, "--overwrite", "--verbose"], capture_output=True, text=True, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
     assert "Execution plan" in verbose.stderr and "MapWorker" in verbose.stderr
+
+
+def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
+    """--xla and --precision mixed reach the model (scores move by float rounding) and keep every label."""
+    runs = {}
+    for name, flags in {"default": [], "xla": ["--xla"], "mixed": ["--precision", "mixed"]}.items():
+        out = tmp_path / name
+        result = runner.invoke(app, ["label", str(photo_dir), str(out), "--top-k", "1", *flags])
+        assert result.exit_code == 0, result.output
+        runs[name] = pd.read_parquet(out).set_index("path").sort_index()
+    base = runs["default"]
+    assert base.loc[str(photo_dir / "coffee.png"), "label"] == "espresso"
+    for name in ("xla", "mixed"):
+        assert (runs[name]["label"] == base["label"]).all(), name
+        difference = (runs[name]["score"] - base["score"]).abs()
+        assert difference.max() < 0.05, name
+    assert (runs["mixed"]["score"] != base["score"]).any()  # float16 compute really ran

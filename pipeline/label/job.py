@@ -149,7 +149,8 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     dataset = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
-                               "batch_size": config.batch_size, "storage_options": config.storage_options},
+                               "batch_size": config.batch_size, "storage_options": config.storage_options,
+                               "precision": config.precision, "xla": config.xla},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),

@@ -104,6 +104,35 @@ def machine_limit(model: str, weights: str, folder: Path, batch: int) -> dict:
             "limit": cores / (decode_core + forward_core), "cores": cores}
 
 
+STARTUP = r'''
+import sys, time, json
+t = time.perf_counter()
+import ray
+ray.init("local", include_dashboard=False, logging_level="ERROR")
+ray_init = time.perf_counter() - t
+ray.shutdown()
+t = time.perf_counter()
+import tensorflow as tf
+tf_import = time.perf_counter() - t
+import numpy as np
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+t = time.perf_counter()
+loaded = load_model(sys.argv[1], sys.argv[2])
+model_load = time.perf_counter() - t
+t = time.perf_counter()
+CompiledClassifier(loaded).predict(np.zeros((1, loaded.input_size, loaded.input_size, 3), np.uint8))
+trace = time.perf_counter() - t
+print(json.dumps({"ray_init": ray_init, "tf_import": tf_import, "model_load": model_load, "trace": trace}))
+'''
+
+
+def startup_breakdown(model: str, weights: str) -> dict:
+    """Seconds of each start-up step, measured one after the other in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", STARTUP, model, weights], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float) -> None:
     import s3fs
     from s3_proxy import fault_proxy, moto_s3
@@ -151,6 +180,8 @@ def main() -> None:
         print(f"{args.model}: decode {limit['decode_ms']:.2f} core-ms/image, forward pass "
               f"{limit['forward_core_ms']:.2f} core-ms/image (compiled ceiling {limit['ceiling']:.1f} img/s); "
               f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s", flush=True)
+        steps = startup_breakdown(args.model, weights)
+        print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
         for n in args.images:
             subset = work / f"n{n}"
             subset.mkdir()

@@ -68,13 +68,19 @@ def s3_behind_proxy():
 def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behind_proxy, photos):
     direct, proxy, options = s3_behind_proxy
     direct.put_file(str(photos["coffee"]), f"{BUCKET}/unit/coffee.png")
-    paths = [f"s3://{BUCKET}/unit/coffee.png", f"s3://{BUCKET}/unit/missing.png"]
+    direct.pipe_file(f"{BUCKET}/unit/empty.png", b"")
+    paths = [f"s3://{BUCKET}/unit/coffee.png", f"s3://{BUCKET}/unit/missing.png", f"s3://{BUCKET}/unit/empty.png"]
     batch = {"path": paths}
 
+    read_and_decode({"path": paths[:1]}, 32, options, retries=0)  # warm the client first
+    before = proxy.requests
+    ok = read_and_decode({"path": paths[:1]}, 32, options, retries=0)
+    assert proxy.requests - before == 1  # one GET per object, no HEAD first
     ok = read_and_decode(batch, 32, options, retries=0)
-    assert list(ok["transient"]) == [False, False]
+    assert list(ok["transient"]) == [False, False, False]
     assert ok["error"][0] == "" and ok["image"][0].std() > 10
     assert ok["error"][1].startswith("not found")
+    assert ok["error"][2].startswith("empty file")  # permanent: an error row, not a retry
 
     proxy.outage(600, only=f"/{BUCKET}/unit/")
     try:
@@ -83,7 +89,8 @@ def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behin
         waited = time.monotonic() - started
     finally:
         proxy.heal()
-    assert failed["transient"][0] and "unreadable after retries" in failed["error"][0]
+    assert list(failed["transient"]) == [True, True, True]  # a 503 says nothing about the object
+    assert "unreadable after retries" in failed["error"][0]
     assert waited >= 0.5  # one backoff round before giving up
     assert proxy.refused >= 2
 

@@ -17,9 +17,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
+from pillow_heif import register_heif_opener
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
+
+# Phone photos: HEIC/HEIF through pillow-heif's Pillow plugin (libheif applies the stored rotation and
+# resets EXIF orientation to 1); AVIF is built into Pillow >= 11.3.
+register_heif_opener()
 
 # Refuse images above this many pixels (about 16k x 10k) instead of exhausting memory.
 DEFAULT_MAX_PIXELS = 178_956_970

@@ -201,3 +201,20 @@ def test_every_exif_orientation_matches_pillow(cat, orientation):
     ours = decode_image(data, (64, 96)).astype(np.int16)
     assert ours.shape == (64, 96, 3)
     assert np.abs(ours - _pillow_reference(data, (64, 96))).mean() < 4.0
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_photo_formats_decode_upright(cat, fmt, tmp_path):
+    """HEIC (iPhone) and AVIF, stored sideways with EXIF orientation 6 like a phone held upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(cat.transpose(Image.Transpose.ROTATE_90), fmt, quality=90, exif=exif.tobytes())
+    upright = decode_image(_encode(cat, "PNG"), SIZE).astype(np.int16)
+    assert np.abs(decode_image(data, SIZE).astype(np.int16) - upright).mean() < 8
+    path = tmp_path / f"cat.{'heic' if fmt == 'HEIF' else 'avif'}"
+    path.write_bytes(data)
+    from pipeline.images import is_image_path
+
+    assert is_image_path(str(path))
+    (result,) = classify([str(path)], top_k=1)
+    assert result.error is None and result.ids[0] in {281, 282, 285}

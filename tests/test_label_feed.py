@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -176,3 +177,16 @@ def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
         difference = (runs[name]["score"] - base["score"]).abs()
         assert difference.max() < 0.05, name
     assert (runs["mixed"]["score"] != base["score"]).any()  # float16 compute really ran
+
+
+def test_decode_task_honours_the_resize_mode(tmp_path):
+    from PIL import Image
+
+    thirds = np.zeros((60, 180, 3), np.uint8)
+    thirds[:, :60, 0] = thirds[:, 60:120, 1] = thirds[:, 120:, 2] = 255
+    path = tmp_path / "thirds.png"
+    Image.fromarray(thirds).save(path)
+    crop = read_and_decode({"path": [str(path)]}, 32, {}, resize_mode="center-crop")["image"][0]
+    squash = read_and_decode({"path": [str(path)]}, 32, {})["image"][0]
+    assert crop[..., 1].min() > 200 and crop[..., 0].max() < 50
+    assert squash[..., 0].max() > 200 and squash[..., 2].max() > 200

@@ -12,6 +12,11 @@ from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 
 
+class ResizeMode(str, Enum):
+    squash = "squash"
+    center_crop = "center-crop"
+
+
 class Precision(str, Enum):
     float32 = "float32"
     mixed = "mixed"
@@ -50,6 +55,9 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    resize: Annotated[ResizeMode, typer.Option(
+        help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
+             "fitted, centre kept, as ImageNet models were evaluated.")] = ResizeMode.squash,
     precision: Annotated[Precision, typer.Option(
         help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
     xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
@@ -73,7 +81,7 @@ def label_command(
             concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
             cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
-            precision=precision.value, xla=xla, read_retries=read_retries, verbose=verbose,
+            resize=resize.value, precision=precision.value, xla=xla, read_retries=read_retries, verbose=verbose,
         )
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

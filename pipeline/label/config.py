@@ -27,6 +27,7 @@ class LabelConfig:
     rows_per_file: int = 10_000  # rows per committed part file
     seconds_per_file: float = 30.0  # also commit at least this often
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+    resize: str = "squash"  # squash (whole image) | center-crop (shorter side fits, centre kept)
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
     read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)

@@ -140,7 +140,8 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     )
     dataset = dataset.map_batches(
         read_and_decode,
-        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries},
+        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries,
+                   "resize_mode": config.resize},
         batch_size=task_size,
         batch_format="numpy",
         num_cpus=config.cpus_per_decode,

@@ -93,7 +93,7 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
 
     if config.address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
         check_local_cpus(config)  # before paying for a Ray start (not inside a Ray job: it joins the cluster)
-    with ray_session(config.address):
+    with ray_session(config.address, verbose=True):  # the workers' [finetune] lines are the progress
         check_cluster_resources(config, ray.cluster_resources())
         train, val = (decode_split(items, size, config.batch_size, config.storage_options)
                       for items in (files.train, files.val))

@@ -127,6 +127,7 @@ def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coff
     output = tmp_path / "labels"
     started = time.monotonic()
     result = pipeline("submit", "label", str(cat_and_coffee), str(output), "--top-k", "3",
+                      "--env", "TF_CPP_MIN_LOG_LEVEL=2",  # the job's own env var, also set in the workers
                       "--address", head.address, "--wait", env=client_env)
     print(f"submit label --wait: {time.monotonic() - started:.1f} s")
     assert result.exit_code == 0, result.output

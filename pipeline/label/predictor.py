@@ -15,6 +15,9 @@ class Predictor:
     """Actor: loads the model once, then turns decoded batches into top-k result rows."""
 
     def __init__(self, model: str, weights: str, top_k: int, batch_size: int, storage_options: dict[str, Any]):
+        from pipeline.ray_session import quiet_tensorflow
+
+        quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
         import tensorflow as tf
 
         for gpu in tf.config.list_physical_devices("GPU"):

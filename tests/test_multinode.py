@@ -1,0 +1,165 @@
+"""A real multi-node Ray cluster on this machine: work runs on worker nodes, and a worker node dies mid-run.
+
+The head has no CPUs, as in the shipped manifests (`num-cpus: "0"`): it runs the drivers and nothing
+else, so every decode task, predictor actor and training worker must run on a worker node. Each test
+adds its own worker node with a custom resource naming it, kills that node's processes mid-run (Ray's
+`Cluster.remove_node`, SIGKILL of its raylet and workers), adds another node, and checks the outcome.
+SOURCE, DATA and OUTPUT live on S3 (moto on loopback): no node reads another node's disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+from s3_proxy import moto_s3
+
+IMAGES = 60  # small photos; resnet50 (untrained) makes the forward pass the slow stage: the kill lands mid-run
+FAST_FAILURE_DETECTION = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    import s3fs
+
+    with moto_s3() as endpoint:
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir("bucket")
+        options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+        yield fs, options
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPUs (drivers only), joined by this test process to read where actors ran."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_FAILURE_DETECTION})
+    ray.init(address=head.address, logging_level="WARNING", log_to_driver=False)
+    yield head
+    ray.shutdown()
+    head.shutdown()
+
+
+def actor_nodes(class_fragment: str) -> set[str]:
+    """Where every actor (alive or dead) whose class name contains ``class_fragment`` runs or last ran.
+
+    Ray's actor table keeps one address per actor: a restarted actor shows its latest node only.
+    """
+    import ray
+
+    return {info["Address"]["NodeID"] for info in ray._private.state.actors().values()
+            if class_fragment in info["ActorClassName"] and info["Address"]["NodeID"]}
+
+
+def start_job(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.2)
+
+
+def test_labeling_runs_on_worker_nodes_and_survives_losing_one(cluster, s3, photos):
+    fs, options = s3
+    for i in range(IMAGES):
+        photo = list(photos.values())[i % len(photos)]
+        buffer = io.BytesIO()
+        Image.open(photo).convert("RGB").resize((48, 48)).save(buffer, format="PNG")
+        fs.pipe_file(f"bucket/photos/{i:03d}.png", buffer.getvalue())
+    node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    started = time.monotonic()
+    proc = start_job("label", "s3://bucket/photos", "s3://bucket/labels", "--model", "resnet50",
+                     "--weights", "none", "--batch-size", "2", "--batches-per-task", "1", "--rows-per-file", "4",
+                     "--address", cluster.address, "--storage-options", json.dumps(options))
+    wait_for(lambda: fs.invalidate_cache() or fs.glob("bucket/labels/part-*.parquet"), proc, "a committed part")
+    parts_before = len(fs.glob("bucket/labels/part-*.parquet"))  # --rows-per-file 4: at most 4 rows each
+    assert actor_nodes("Predictor") == {node_b.node_id}  # the head has no CPUs: all work on node B
+    cluster.remove_node(node_b, allow_graceful=False)  # kill -9 of node B's raylet and workers
+    node_c = cluster.add_node(num_cpus=2, resources={"node_c": 1})
+    output, _ = proc.communicate(timeout=600)
+    print(f"two-node labeling with node B killed: {time.monotonic() - started:.1f} s")
+
+    assert proc.returncode == 0, output[-3000:]
+    assert 4 * parts_before < IMAGES, "the kill came after the job had finished"
+    assert f"labeled {IMAGES} images (0 errors" in output
+    fs.invalidate_cache()
+    frame = pd.read_parquet("s3://bucket/labels", storage_options=options)
+    assert frame["path"].is_unique and len(frame) == IMAGES  # every image exactly once
+    assert set(frame["path"]) == {f"s3://bucket/photos/{i:03d}.png" for i in range(IMAGES)}
+    assert actor_nodes("Predictor") == {node_c.node_id}  # restarted on the node added back, finished there
+    cluster.remove_node(node_c)
+
+
+def _digits_on_s3(fs, prefix: str, per_class: int = 12) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for digit in (0, 1, 2):
+        indices = [i for i in range(len(digits.target)) if digits.target[i] == digit][:per_class]
+        for n, i in enumerate(indices):
+            buffer = io.BytesIO()
+            Image.fromarray((digits.images[i] * 255 / 16).astype("uint8")).resize((32, 32)).save(buffer, "PNG")
+            fs.pipe_file(f"{prefix}/{digit}/{n:03d}.png", buffer.getvalue())
+
+
+def _checkpointed_epoch(fs, output: str) -> int:
+    fs.invalidate_cache()
+    try:
+        text = fs.cat(f"{output}/checkpoints/checkpoint_manager_snapshot.json").decode()
+    except FileNotFoundError:
+        return 0
+    return max((int(part[:4]) for part in text.split("epoch_")[1:] if part[:4].isdigit()), default=0)
+
+
+def test_fine_tuning_on_a_worker_node_resumes_after_losing_it(cluster, s3):
+    """Ray Train does not retry here (no FailureConfig): the job exits 1, and --resume continues."""
+    fs, options = s3
+    _digits_on_s3(fs, "bucket/digits")
+    node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    args = ["finetune", "s3://bucket/digits", "s3://bucket/model", "--workers", "2", "--epochs", "8",
+            "--image-size", "32", "--batch-size", "8", "--no-augment", "--address", cluster.address,
+            "--storage-options", json.dumps(options)]
+    started = time.monotonic()
+    proc = start_job(*args)
+    wait_for(lambda: _checkpointed_epoch(fs, "bucket/model") >= 1, proc, "a checkpoint")
+    cluster.remove_node(node_b, allow_graceful=False)
+    output, _ = proc.communicate(timeout=300)
+    done = _checkpointed_epoch(fs, "bucket/model")
+    assert proc.returncode == 1, output[-3000:]
+    assert "--resume" in output
+    assert 1 <= done < 8, "the kill came too late to test resuming"
+    assert actor_nodes("TrainWorker") == {node_b.node_id}
+
+    node_c = cluster.add_node(num_cpus=2, resources={"node_c": 1})
+    cluster.wait_for_nodes()
+    resumed = subprocess.run([sys.executable, "-m", "pipeline", *args, "--resume"], capture_output=True,
+                             text=True, timeout=600)
+    print(f"two-node fine-tuning, node B killed, resumed on node C: {time.monotonic() - started:.1f} s")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "8 epochs" in resumed.stdout
+    fs.invalidate_cache()
+    history = pd.read_csv(io.BytesIO(fs.cat("bucket/model/history.csv")))
+    assert history["epoch"].tolist() == list(range(1, 9))  # none repeated, none missing
+    assert fs.exists("bucket/model/model.keras")
+    assert actor_nodes("TrainWorker") == {node_b.node_id, node_c.node_id}  # the first run on B, the resumed on C
+    cluster.remove_node(node_c)

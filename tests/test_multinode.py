@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -163,3 +164,54 @@ def test_fine_tuning_on_a_worker_node_resumes_after_losing_it(cluster, s3):
     assert fs.exists("bucket/model/model.keras")
     assert actor_nodes("TrainWorker") == {node_b.node_id, node_c.node_id}  # the first run on B, the resumed on C
     cluster.remove_node(node_c)
+
+
+def test_a_local_model_folder_is_shipped_to_the_worker_node(cluster, s3, photos, tmp_path):
+    """A fine-tuned model given as a local folder reaches the actors through Ray's object store."""
+    import ray
+
+    from pipeline.finetune_model import build_classifier
+    from pipeline.models.artifact import ArtifactMeta, save_artifact
+    from pipeline.models.shipping import receive, ship
+
+    fs, options = s3
+    model_folder = tmp_path / "my-model"
+    classifier = build_classifier("efficientnet_lite0", 32, 2, weights=None)
+    save_artifact(classifier, str(model_folder), ArtifactMeta("efficientnet_lite0", 32, ["cat", "coffee"]))
+    node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+
+    shipped = ship(str(model_folder))
+    moved = tmp_path / "moved-away"
+    model_folder.rename(moved)  # the receiving side can only use the shipped bytes
+
+    @ray.remote(resources={"node_b": 0.01}, num_cpus=0)
+    def receive_on_node_b(shipped_model):
+        local = receive(shipped_model)
+        files = {name: open(os.path.join(local, name), "rb").read() for name in sorted(os.listdir(local))}
+        return ray.get_runtime_context().get_node_id(), local, files
+
+    node, local, files = ray.get(receive_on_node_b.remote(shipped))
+    assert node == node_b.node_id and local != str(model_folder)
+    assert files == {name: (moved / name).read_bytes() for name in ("model.keras", "pipeline_model.json")}
+    moved.rename(model_folder)
+
+    for name in ("chelsea", "coffee"):
+        fs.put_file(str(photos[name]), f"bucket/two/{name}.png")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "label", "s3://bucket/two", "s3://bucket/two-labels",
+                             "--model", str(model_folder), "--address", cluster.address,
+                             "--storage-options", json.dumps(options)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fs.invalidate_cache()
+    frame = pd.read_parquet("s3://bucket/two-labels", storage_options=options)
+    assert len(frame) == 2 and set(frame["label"]) <= {"cat", "coffee"}
+    assert set(frame["model"]) == {str(model_folder)}  # the name the user gave, not the node's copy
+    assert actor_nodes("Predictor") <= {node_b.node_id} | set(_dead_worker_nodes(cluster))
+    cluster.remove_node(node_b)
+
+
+def _dead_worker_nodes(cluster) -> list[str]:
+    """Nodes the earlier tests of this module removed (their actors stay in Ray's actor table)."""
+    import ray
+
+    return [node["NodeID"] for node in ray.nodes() if not node["Alive"]]

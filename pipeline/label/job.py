@@ -28,6 +28,7 @@ from pipeline.label.output import PartWriter, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.listing import list_images
 from pipeline.models.loading import check_model
+from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
 
 
@@ -87,7 +88,7 @@ def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Itera
     )
     dataset = dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
+        fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options},
         batch_size=task_size,
         batch_format="numpy",

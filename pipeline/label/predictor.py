@@ -8,13 +8,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.models.shipping import Shippable
 from pipeline.results import SCHEMA
 
 
 class Predictor:
     """Actor: loads the model once, then turns decoded batches into top-k result rows."""
 
-    def __init__(self, model: str, weights: str, top_k: int, batch_size: int, storage_options: dict[str, Any]):
+    def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
+                 storage_options: dict[str, Any]):
+        from pipeline.models.shipping import receive
         from pipeline.ray_session import quiet_tensorflow
 
         quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
@@ -27,8 +30,9 @@ class Predictor:
         from pipeline.models.loading import load_model
 
         storage.set_storage_options(storage_options)
-        self.classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
-        self.model_name = self.classifier.loaded.name
+        loaded = load_model(receive(model), receive(weights))  # local files were shipped by the driver
+        self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size)
+        self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = [str(e) if e else None for e in batch["error"]]

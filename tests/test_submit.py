@@ -331,3 +331,36 @@ def test_each_shipped_rayjob_succeeds_on_a_real_head(head, my_bucket, manifest):
         assert "fine-tuned 2 classes" in logs
         assert fs.exists(f"{output}/history.csv")
         assert [row.split(",")[0] for row in fs.cat(f"{output}/history.csv").decode().splitlines()[1:]] == ["1", "2"]
+
+
+# -- local paths and remote nodes ------------------------------------------------------------------------
+
+def test_local_paths_are_refused_when_the_nodes_run_elsewhere(head, client_env, tmp_path):
+    """The loopback head's nodes run here, so local paths work (the tests above); elsewhere they are refused."""
+    from pipeline.errors import UserError
+    from pipeline.submit import refuse_local_paths, validate_job_args
+
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_file)
+    try:
+        assert Cluster(head.address).node_hostnames() == {socket.gethostname()}
+    finally:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+
+    remote = {"gpu-node-1", "gpu-node-2"}
+    on_buckets = validate_job_args("label", ["s3://b/in/", "gs://b/out/", "--model", "resnet50", "--weights", "none"])
+    refuse_local_paths("label", on_buckets, remote, head.address)  # nothing local: fine
+    for args, shown in ((["/data/photos", "s3://b/out/"], "SOURCE '/data/photos'"),
+                        (["s3://b/in/", "out"], "OUTPUT 'out'"),
+                        (["s3://b/in/", "s3://b/out/", "--model", str(tmp_path / "my-model")], "--model '"),
+                        (["s3://b/in/", "s3://b/out/", "--weights", "w.weights.h5"], "--weights 'w.weights.h5'")):
+        with pytest.raises(UserError, match="is a path on this machine") as refused:
+            refuse_local_paths("label", validate_job_args("label", args), remote, head.address)
+        assert str(refused.value).startswith(shown) and "--shared-fs" in str(refused.value)
+    with pytest.raises(UserError, match="DATA '/data/train'"):
+        refuse_local_paths("finetune", validate_job_args("finetune", ["/data/train", "s3://b/m/"]), remote, head.address)
+
+
+def test_shared_fs_is_a_submit_option_not_a_job_argument(head, client_env, cat_and_coffee, tmp_path):
+    result = pipeline("submit", "label", str(cat_and_coffee), str(tmp_path / "out"), "--shared-fs", "--top-kk", "3",
+                      "--address", head.address, env=client_env)
+    assert result.exit_code == 2 and "No such option: --top-kk" in result.stderr  # --shared-fs was accepted

@@ -215,3 +215,45 @@ def _dead_worker_nodes(cluster) -> list[str]:
     import ray
 
     return [node["NodeID"] for node in ray.nodes() if not node["Alive"]]
+
+
+def test_fine_tuning_waits_for_an_autoscaling_cluster_to_grow(cluster):
+    """The head alone has no CPUs; a node that joins while the check waits (as an autoscaler's would) is used."""
+    import threading
+
+    import ray
+
+    from pipeline.errors import UserError
+    from pipeline.finetune import FinetuneConfig, check_cluster_resources
+
+    config = FinetuneConfig(data="s3://bucket/digits", output="s3://bucket/m", workers=2, address=cluster.address)
+    messages: list[str] = []
+    with pytest.raises(UserError, match="needs 2 CPUs but the Ray cluster has 0; use fewer workers"):
+        check_cluster_resources(config, ray.cluster_resources)  # no wait: refused at once, as before
+
+    outcome: list = []
+
+    def check() -> None:
+        try:
+            check_cluster_resources(config, ray.cluster_resources, wait_seconds=120, progress=messages.append,
+                                    poll_seconds=0.5)
+            outcome.append("ok")
+        except UserError as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=check)
+    waiting.start()
+    time.sleep(3.0)
+    assert waiting.is_alive() and not outcome  # still waiting for capacity
+    joined = cluster.add_node(num_cpus=2)  # Ray's nodes start from the main thread only
+    waiting.join(timeout=120)
+    assert outcome == ["ok"]
+    assert messages == ["--workers 2 needs 2 CPUs but the Ray cluster has 0 now; waiting up to 120 s for it to "
+                        "scale up (PIPELINE_SCALE_UP_TIMEOUT changes the wait)"]
+
+    gpu_config = FinetuneConfig(data="d", output="o", workers=2, use_gpu=True, address=cluster.address)
+    with pytest.raises(UserError) as refused:
+        check_cluster_resources(gpu_config, ray.cluster_resources, wait_seconds=2, poll_seconds=0.5)
+    assert str(refused.value).startswith("--use-gpu with --workers 2 needs 2 GPUs but the Ray cluster has 0 "
+                                         "after waiting 2 s for it to scale up")
+    cluster.remove_node(joined)

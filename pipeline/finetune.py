@@ -94,7 +94,7 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     if config.address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
         check_local_cpus(config)  # before paying for a Ray start (not inside a Ray job: it joins the cluster)
     with ray_session(config.address, verbose=True):  # the workers' [finetune] lines are the progress
-        check_cluster_resources(config, ray.cluster_resources, scale_up_timeout(config), progress)
+        check_cluster_resources(config, ray.cluster_resources, progress=progress)
         train, val = (decode_split(items, size, config.batch_size, config.storage_options)
                       for items in (files.train, files.val))
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
@@ -155,65 +155,29 @@ def check_local_cpus(config: FinetuneConfig) -> None:
                         "or a cluster (--address)")
 
 
-SCALE_UP_TIMEOUT_ENV = "PIPELINE_SCALE_UP_TIMEOUT"  # seconds a job on a cluster waits for it to grow
-DEFAULT_SCALE_UP_TIMEOUT = 900.0  # a GPU node pulls a multi-GB image and starts in minutes
-
-
-def scale_up_timeout(config: FinetuneConfig) -> float:
-    """0 for the local Ray we start ourselves (it never grows); else $PIPELINE_SCALE_UP_TIMEOUT or 900 s."""
-    if config.address is None and not os.environ.get("RAY_ADDRESS"):
-        return 0.0
-    try:
-        return float(os.environ.get(SCALE_UP_TIMEOUT_ENV, DEFAULT_SCALE_UP_TIMEOUT))
-    except ValueError:
-        raise UserError(f"{SCALE_UP_TIMEOUT_ENV}={os.environ[SCALE_UP_TIMEOUT_ENV]!r} should be a number of "
-                        "seconds") from None
-
-
-def _shortfall(config: FinetuneConfig, resources: dict[str, float]) -> str | None:
-    """What the cluster lacks for the training workers, in words; None when it has enough."""
-    need_cpus = config.workers * config.cpus_per_worker
-    if need_cpus > resources.get("CPU", 0):
-        return (f"--workers {config.workers} needs {need_cpus:g} CPUs but the Ray cluster has "
-                f"{resources.get('CPU', 0):g}")
-    if config.use_gpu and config.workers > resources.get("GPU", 0):
-        return (f"--use-gpu with --workers {config.workers} needs {config.workers} GPUs but the Ray cluster "
-                f"has {resources.get('GPU', 0):g}")
-    return None
-
-
 def check_cluster_resources(config: FinetuneConfig, cluster_resources: Callable[[], dict[str, float]],
-                            wait_seconds: float = 0.0, progress: Callable[[str], None] = lambda s: None,
+                            wait_seconds: float | None = None, progress: Callable[[str], None] = lambda s: None,
                             poll_seconds: float = 2.0) -> None:
-    """Capacity now is not the limit of an autoscaling cluster (the shipped ones start with 0 GPU workers).
+    """Enough CPUs (and GPUs) for the workers, now or after an autoscaling cluster grows (bounded wait).
 
-    When the cluster is short, ask its autoscaler for the workers' bundles and wait up to
-    ``wait_seconds`` for the capacity to appear; a fixed-size cluster ignores the request, so it
-    ends in the same clear message once the wait is over. ``wait_seconds=0`` refuses at once.
+    ``wait_seconds`` None: 0 for a local Ray (refuse at once), else $PIPELINE_SCALE_UP_TIMEOUT or 900 s.
     """
-    short = _shortfall(config, cluster_resources())
-    if short is None:
-        return
-    if wait_seconds <= 0:
-        raise UserError(f"{short}; use fewer workers or a bigger cluster")
-    from ray.autoscaler.sdk import request_resources
+    from pipeline.cluster_capacity import scale_up_timeout, wait_for_capacity
 
-    bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
-    request_resources(bundles=[bundle] * config.workers)  # scale up now, not only once Train asks
-    progress(f"{short} now; waiting up to {wait_seconds:g} s for it to scale up "
-             f"({SCALE_UP_TIMEOUT_ENV} changes the wait)")
-    deadline = time.monotonic() + wait_seconds
-    try:
-        while short is not None:
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"{short} after waiting {wait_seconds:g} s for it to scale up; check that the cluster can "
-                    "grow that far (max_workers / maxReplicas of a worker type with those resources) and that "
-                    "its new nodes start ('ray status' on the head), or use fewer --workers")
-            time.sleep(poll_seconds)
-            short = _shortfall(config, cluster_resources())
-    finally:
-        request_resources(bundles=[])  # Train's own placement group holds the nodes from here on
+    def shortfall() -> str | None:
+        resources = cluster_resources()
+        need_cpus = config.workers * config.cpus_per_worker
+        if need_cpus > resources.get("CPU", 0):
+            return (f"--workers {config.workers} needs {need_cpus:g} CPUs but the Ray cluster has "
+                    f"{resources.get('CPU', 0):g}")
+        if config.use_gpu and config.workers > resources.get("GPU", 0):
+            return (f"--use-gpu with --workers {config.workers} needs {config.workers} GPUs but the Ray cluster "
+                    f"has {resources.get('GPU', 0):g}")
+        return None
+
+    bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
+    wait = scale_up_timeout(config.address) if wait_seconds is None else wait_seconds
+    wait_for_capacity(shortfall, [bundle] * config.workers, wait, progress, poll_seconds)
 
 
 def check_decoded(train: DecodedSplit, val: DecodedSplit, workers: int) -> None:

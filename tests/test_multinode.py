@@ -229,7 +229,7 @@ def test_fine_tuning_waits_for_an_autoscaling_cluster_to_grow(cluster):
     config = FinetuneConfig(data="s3://bucket/digits", output="s3://bucket/m", workers=2, address=cluster.address)
     messages: list[str] = []
     with pytest.raises(UserError, match="needs 2 CPUs but the Ray cluster has 0; use fewer workers"):
-        check_cluster_resources(config, ray.cluster_resources)  # no wait: refused at once, as before
+        check_cluster_resources(config, ray.cluster_resources, wait_seconds=0)  # refused at once, as before
 
     outcome: list = []
 
@@ -250,6 +250,16 @@ def test_fine_tuning_waits_for_an_autoscaling_cluster_to_grow(cluster):
     assert outcome == ["ok"]
     assert messages == ["--workers 2 needs 2 CPUs but the Ray cluster has 0 now; waiting up to 120 s for it to "
                         "scale up (PIPELINE_SCALE_UP_TIMEOUT changes the wait)"]
+
+    from pipeline.cluster_capacity import scale_up_timeout
+
+    assert scale_up_timeout(cluster.address) == 900 and scale_up_timeout(None) == 0  # a local Ray never grows
+    os.environ["PIPELINE_SCALE_UP_TIMEOUT"] = "soon"
+    try:
+        with pytest.raises(UserError, match="PIPELINE_SCALE_UP_TIMEOUT='soon' should be a number of seconds"):
+            scale_up_timeout(cluster.address)
+    finally:
+        del os.environ["PIPELINE_SCALE_UP_TIMEOUT"]
 
     gpu_config = FinetuneConfig(data="d", output="o", workers=2, use_gpu=True, address=cluster.address)
     with pytest.raises(UserError) as refused:

@@ -30,6 +30,7 @@ from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
 from pipeline.listing import list_images
 from pipeline.models.loading import check_model
+from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
 
 
@@ -149,7 +150,7 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     )
     dataset = dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
+        fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options,
                                "precision": config.precision, "xla": config.xla},
         batch_size=task_size,

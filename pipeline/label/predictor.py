@@ -8,14 +8,19 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.models.shipping import Shippable
 from pipeline.results import SCHEMA
 
 
 class Predictor:
     """Actor: loads the model once, then turns decoded batches into top-k result rows."""
 
-    def __init__(self, model: str, weights: str, top_k: int, batch_size: int, storage_options: dict[str, Any],
-                 precision: str = "float32", xla: bool = False):
+    def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
+                 storage_options: dict[str, Any], precision: str = "float32", xla: bool = False):
+        from pipeline.models.shipping import receive
+        from pipeline.ray_session import quiet_tensorflow
+
+        quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
         import tensorflow as tf
 
         for gpu in tf.config.list_physical_devices("GPU"):
@@ -31,10 +36,10 @@ class Predictor:
         from pipeline.models.loading import load_model
 
         storage.set_storage_options(storage_options)
-        self.classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size,
-                                             jit_compile=xla)
-        self.model_name = self.classifier.loaded.name
-        size = self.classifier.loaded.input_size
+        loaded = load_model(receive(model), receive(weights))  # local files were shipped by the driver
+        self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla)
+        self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
+        size = loaded.input_size
         self.classifier.predict(np.zeros((1, size, size, 3), np.uint8))  # trace now, while the first batches decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

@@ -156,11 +156,12 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     line = quiet.stdout.strip().splitlines()[-1]
     assert line.startswith("labeled 4 images (0 errors")
     assert " s to the first result, steady " in line
-    assert "Execution plan" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
+    assert "Execution plan" not in quiet.stderr, quiet.stderr
+    assert " pid=" not in quiet.stderr, quiet.stderr  # no worker output forwarded: "(MapWorker(...) pid=N) ..."
     assert "Progress bars disabled" not in quiet.stderr, quiet.stderr
     verbose = subprocess.run([*command, "--overwrite", "--verbose"], capture_output=True, text=True, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
-    assert "Execution plan" in verbose.stderr and "oneDNN" in verbose.stderr
+    assert "Execution plan" in verbose.stderr
 
 
 def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):

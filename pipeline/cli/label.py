@@ -7,6 +7,16 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.model_options import (
+    ClassesOption,
+    Head,
+    HeadOption,
+    InputSizeOption,
+    MultiLabelOption,
+    PreprocessOption,
+    ThresholdOption,
+    model_settings,
+)
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 
@@ -28,7 +38,7 @@ def parse_concurrency(text: str) -> tuple[int, int]:
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
     output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
-    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models') or fine-tuned model folder.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
@@ -44,6 +54,12 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    classes: ClassesOption = None,
+    preprocess: PreprocessOption = None,
+    input_size: InputSizeOption = None,
+    head: HeadOption = Head.auto,
+    multi_label: MultiLabelOption = False,
+    threshold: ThresholdOption = 0.5,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options
@@ -54,12 +70,15 @@ def label_command(
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other")
         apply_storage_options(storage_options)
+        settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
         config = LabelConfig(
             source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
             batches_per_task=batches_per_task,
             concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
             cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
+            classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
+            head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         )
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

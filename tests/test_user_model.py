@@ -176,6 +176,25 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
         assert sum(row["top_scores"]) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("name, head, classes", [("tf_keras2_sequential.h5", "sigmoid", ("cats", "dogs")),
+                                                 ("tf_keras2_functional.h5", "softmax", ("a", "b", "c"))])
+def test_h5_saved_by_tf_keras_2_loads_and_predicts_as_it_did(name, head, classes):
+    # Made with the real tf.keras 2.21 by tests/data/make_tf_keras2_models.py (see there why not here).
+    import json
+    from pathlib import Path
+
+    from pipeline.models.loading import load_model
+    from pipeline.models.user_model import ModelSettings
+
+    data = Path(__file__).parent / "data"
+    expected = np.array(json.loads((data / "tf_keras2_expected.json").read_text())[name])
+    size = 16
+    pixels = (np.arange(2 * size * size * 3).reshape(2, size, size, 3) * 37 % 251).astype("float32")
+    loaded = load_model(str(data / name), settings=ModelSettings(classes, "rescale"))
+    assert loaded.head == head and loaded.input_size == size
+    np.testing.assert_allclose(np.asarray(loaded.keras_model(loaded.preprocess_input(pixels))), expected, atol=1e-5)
+
+
 def test_open_input_size_needs_input_size(photos, tmp_path):
     model = _tiny_model(photos, ("chelsea", "coffee"), np.eye(2, dtype="float32"), "softmax", input_size=None)
     model.save(tmp_path / "any_size.keras")

@@ -218,6 +218,13 @@ def mistakes(tmp_path_factory):
         x = keras.layers.Flatten()(first_layer(inputs) if first_layer else inputs)
         return keras.Model(inputs, keras.layers.Dense(units, activation="sigmoid")(x))
 
+    class Doubler(keras.layers.Layer):  # a custom class: its code is not in the file
+        def call(self, x):
+            return x * 2.0
+
+    custom = small(Doubler())
+    custom.save(folder / "custom.keras")
+    custom.save(folder / "custom.h5")
     lambda_model = small(keras.layers.Lambda(lambda t: t / 255.0))
     lambda_model.save(folder / "lambda.keras")
     lambda_model.save(folder / "lambda.h5")
@@ -236,6 +243,8 @@ def mistakes(tmp_path_factory):
     [
         ("lambda.keras", [], "contains a Lambda layer"),
         ("lambda.h5", [], "contains a Lambda layer"),
+        ("custom.keras", [], "uses custom classes (test_user_model.Doubler)"),
+        ("custom.h5", [], "uses custom classes"),
         ("binary.keras", ["--classes", "a,b,c"], "one sigmoid unit, which is two classes, but --classes names 3"),
         ("binary.weights.h5", [], "holds weights only"),
         ("renamed_weights.h5", [], "holds weights only"),

@@ -262,13 +262,15 @@ def _refusal_message(location: str, local: str, fmt: str, err: BaseException) ->
                 "mode will not run (loading it could execute arbitrary code). Replace the Lambda with "
                 "built-in layers (e.g. Rescaling) and save again, or export a SavedModel "
                 "(model.export('folder')) and pass that folder: it runs as a graph, without Python code")
-    if custom or "Unknown layer" in text or "Could not locate" in text or "could not be deserialized" in text:
+    if custom or "Unknown layer" in text or "Could not locate" in text:
         named = f" ({', '.join(custom)})" if custom else ""
         return (f"refusing to load '{location}': it uses custom classes{named} that Keras safe mode cannot "
                 "rebuild without their Python code. Rebuild the model from built-in Keras layers and save "
                 "again, or export a SavedModel (model.export('folder')) and pass that folder")
     first = (text.strip() or type(err).__name__).splitlines()[0][:300]
-    return f"'{location}' is not a Keras model we can load ({type(err).__name__}: {first})"
+    return (f"'{location}' is not a Keras model we can load ({type(err).__name__}: {first}). If it was saved by "
+            "another Keras version, load it there and save it again as .keras, or export a SavedModel "
+            "(model.export('folder')) and pass that folder")
 
 
 def _custom_classes(local: str) -> list[str]:

@@ -78,7 +78,8 @@ def _tiny_model(photos, names, targets, activation: str | None, rescaling_inside
     outputs = keras.layers.Dense(targets.shape[1], activation=activation)(x)
     model = keras.Model(inputs, outputs)
     loss = {"softmax": "categorical_crossentropy", "sigmoid": "binary_crossentropy"}.get(
-        activation, keras.losses.CategoricalCrossentropy(from_logits=True))
+        activation, keras.losses.CategoricalCrossentropy(from_logits=True) if targets.shape[1] > 1
+        else keras.losses.BinaryCrossentropy(from_logits=True))
     model.compile(keras.optimizers.Adam(1e-2), loss)
     repeats = 25  # many steps in few epochs: an epoch's fixed cost dominates such a small model
     images = np.tile(_pixels(photos, names, TINY_SIZE), (repeats, 1, 1, 1))
@@ -176,6 +177,22 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
     assert [r["label"] for r in rows[:3]] == ["class_0", "class_1", "class_2"]
     for row in rows:
         assert sum(row["top_scores"]) == pytest.approx(1.0, abs=1e-5)
+    from pipeline.models.loading import model_identity
+
+    remote, local = (model_identity(where, settings=ModelSettings(None, "none"))
+                     for where in ("memory://logits", str(tmp_path / "logits_savedmodel")))
+    assert remote["kind"] == "saved_model" and remote["head"] == "logits" and len(remote["sha256"]) == 64
+    assert remote["sha256"] == local["sha256"]  # the same bytes, wherever they are
+
+    # The TensorFlow tutorial's binary head: Dense(1) with no activation, trained from_logits.
+    binary = _tiny_model(photos, names, np.array([[0], [0], [1], [1]], "float32"), None)
+    binary.save(tmp_path / "binary_logit.keras")
+    predictor = Predictor(str(tmp_path / "binary_logit.keras"), "imagenet", 5, 4, {},
+                          ModelSettings(("creatures", "objects"), "none"))
+    assert predictor.classifier.loaded.head == "logits"
+    rows = pa.Table.to_pylist(predictor(batch))
+    assert [r["label"] for r in rows] == ["creatures", "creatures", "objects", "objects"]
+    assert all(sum(r["top_scores"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
 
 
 @pytest.mark.parametrize("name, head, classes", [("tf_keras2_sequential.h5", "sigmoid", ("cats", "dogs")),

@@ -1,8 +1,8 @@
 """Turn image bytes into a model's input: RGB uint8, oriented, resized. The only decoder.
 
-Resizing squashes the whole image to the model's square size with bilinear
-(antialiased) filtering, as Keras's ``load_img``/``image_dataset_from_directory``
-do: nothing is cropped away (a label job must see the whole picture), and
+Resizing squashes the whole image to the model's square size with an
+antialiased (area) filter, like Keras's ``load_img``/``image_dataset_from_directory``
+squash: nothing is cropped away (a label job must see the whole picture), and
 fine-tuning and labeling see identical pixels because both call this module.
 Every failure is an ``ImageError`` with a short reason a batch job stores in its
 ``error`` column; nothing else escapes ``decode_or_error``.
@@ -14,10 +14,19 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+import simplejpeg
+from pillow_heif import register_heif_opener
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
+
+# Phone photos: HEIC/HEIF through pillow-heif's Pillow plugin (libheif applies the stored rotation and
+# resets EXIF orientation to 1); AVIF is built into Pillow >= 11.3.
+register_heif_opener()
+
+RESIZE_MODES = ("squash", "center-crop")  # see decode_image
 
 # Refuse images above this many pixels (about 16k x 10k) instead of exhausting memory.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -64,33 +73,36 @@ class DecodeResult:
     error: str | None  # the ImageError text, or None
 
 
-def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 resize_mode: str = "squash") -> np.ndarray:
     """Decode ``data`` to an RGB uint8 array of shape (height, width, 3) = (*size, 3).
 
-    Raises an ``ImageError`` subclass for anything that is not a usable image.
+    ``resize_mode``: ``squash`` the whole image to ``size`` (nothing cropped away), or
+    ``center-crop``: scale the shorter side to fit, then take the centre, as ImageNet models
+    were evaluated.
+
+    Baseline RGB and greyscale JPEGs (most photos) go through libjpeg-turbo with
+    DCT-domain downscaling (simplejpeg); every other file, and any JPEG libjpeg-turbo
+    refuses, through Pillow. Both paths apply EXIF orientation and end in the same
+    area resize. Raises an ``ImageError`` subclass for anything that is not a usable image.
     """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
     if not data:
         raise EmptyImageError("the file has zero bytes")
-    height, width = size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels}"
                 )
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)  # animated: the first frame
-            if image.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while still >= the target size.
-                side = max(height, width)
-                image.draft("RGB", (side, side))
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                pixels = _decode_jpeg_turbo(data, size, _orientation(image), resize_mode)
+                if pixels is not None:
+                    return pixels
+            return _decode_with_pillow(image, size, resize_mode)
     except ImageError:
         raise
     except UnidentifiedImageError as err:
@@ -103,16 +115,82 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
         raise UnreadableImageError(f"{type(err).__name__}: {err}") from err
 
 
-def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeResult:
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block means "upright", as viewers treat it
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int, mode: str) -> np.ndarray | None:
+    """libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8) still >= the target; None to fall back."""
+    height, width = size
+    if orientation >= 5:  # stored sideways: the stored height becomes the shown width
+        height, width = width, height
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
+    except ValueError:
+        return None  # truncated, arithmetic-coded, ...: Pillow decides (and names the error)
+    return _orient(resize(pixels, (height, width), mode), orientation)
+
+
+def _decode_with_pillow(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray:
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated: the first frame
+    if image.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while still >= the target size.
+        side = max(size)
+        image.draft("RGB", (side, side))
+    image = ImageOps.exif_transpose(image)
+    return resize(np.asarray(_to_rgb(image), dtype=np.uint8), size, mode)
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int], mode: str = "squash") -> np.ndarray:
+    """An (h, w, 3) uint8 array to ``size`` = (height, width) by ``mode`` (see ``decode_image``):
+    area averaging when shrinking (antialiased, no moire), bilinear when enlarging."""
+    height, width = size
+    if mode == "center-crop":
+        scale = max(height / pixels.shape[0], width / pixels.shape[1])
+        fitted = resize(pixels, (max(height, round(pixels.shape[0] * scale)),
+                                 max(width, round(pixels.shape[1] * scale))))
+        top, left = (fitted.shape[0] - height) // 2, (fitted.shape[1] - width) // 2
+        return np.ascontiguousarray(fitted[top:top + height, left:left + width])
+    if pixels.shape[:2] == (height, width):
+        return np.ascontiguousarray(pixels)
+    shrinking = pixels.shape[0] >= height and pixels.shape[1] >= width
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                    resize_mode: str = "squash") -> DecodeResult:
     """``decode_image`` for batch jobs: never raises, returns the image or the error text."""
     try:
         if data is None:
             raise UnreadableImageError("no bytes were read")
-        return DecodeResult(decode_image(data, size, max_pixels), None)
+        return DecodeResult(decode_image(data, size, max_pixels, resize_mode), None)
     except ImageError as err:
         return DecodeResult(None, str(err))
     except Exception as err:  # noqa: BLE001 - a batch must survive any single input
         return DecodeResult(None, f"unreadable: {type(err).__name__}: {err}")
+
+
+# EXIF orientation -> the numpy view that shows the image upright (as ``ImageOps.exif_transpose``).
+EXIF_ORIENTATION = 0x0112
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    return np.ascontiguousarray(_ORIENT[orientation](pixels))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

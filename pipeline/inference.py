@@ -47,7 +47,7 @@ def to_probabilities(outputs, head: str, multi_label: bool = False):
 class CompiledClassifier:
     """Runs a LoadedModel on whole batches with one traced graph."""
 
-    def __init__(self, loaded: LoadedModel, top_k: int = 5, batch_size: int = 32):
+    def __init__(self, loaded: LoadedModel, top_k: int = 5, batch_size: int = 32, jit_compile: bool = False):
         import tensorflow as tf
 
         self.loaded = loaded
@@ -59,7 +59,8 @@ class CompiledClassifier:
         model, preprocess, k = loaded.keras_model, loaded.preprocess_input, self.top_k
         head, multi_label = loaded.head, loaded.multi_label
 
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True)
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True,
+                     jit_compile=jit_compile or None)  # XLA: fused kernels, compiled once per batch shape
         def forward(images):
             outputs = model(preprocess(tf.cast(images, tf.float32)), training=False)
             probabilities = to_probabilities(tf.cast(outputs, tf.float32), head, multi_label)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -19,6 +20,16 @@ from pipeline.cli.model_options import (
 )
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
+
+
+class ResizeMode(str, Enum):
+    squash = "squash"
+    center_crop = "center-crop"
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    mixed = "mixed"
 
 
 def parse_concurrency(text: str) -> tuple[int, int]:
@@ -54,6 +65,16 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    resize: Annotated[ResizeMode, typer.Option(
+        help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
+             "fitted, centre kept, as ImageNet models were evaluated.")] = ResizeMode.squash,
+    precision: Annotated[Precision, typer.Option(
+        help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
+    xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
+    read_retries: Annotated[int, typer.Option(
+        min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
+                    "what still fails is not stored and is left for --resume.")] = 5,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = False,
     classes: ClassesOption = None,
     preprocess: PreprocessOption = None,
     input_size: InputSizeOption = None,
@@ -77,6 +98,7 @@ def label_command(
             concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
             cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
+            resize=resize.value, precision=precision.value, xla=xla, read_retries=read_retries, verbose=verbose,
             classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
             head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         )

@@ -28,6 +28,12 @@ class LabelConfig:
     rows_per_file: int = 10_000  # rows per committed part file
     seconds_per_file: float = 30.0  # also commit at least this often
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+    resize: str = "squash"  # squash (whole image) | center-crop (shorter side fits, centre kept)
+    precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
+    xla: bool = False  # compile the forward pass with XLA
+    read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
+    verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
+    progress: bool = True  # print the progress line while labeling
     # How to read a model file the user trained (--model PATH.keras/.h5/SavedModel); see ModelSettings.
     classes: tuple[str, ...] | None = None  # output index -> name; None: class_0..class_{n-1}
     preprocess: str | None = None  # rescale|caffe|tf|torch|none|<registry name>
@@ -50,12 +56,21 @@ class LabelSummary:
     errors: int  # rows written with an error
     ignored: int  # non-image files in SOURCE
     seconds: float
+    transient: int = 0  # images whose reads still failed after retries: not stored, left for --resume
+    startup_seconds: float = 0.0  # from the start to the first result (Ray, TensorFlow, model load)
+    steady_images_per_second: float = 0.0  # rate after the first result arrived
+    first_transient: str = ""  # "path: error" of the first image held back, for the message
 
     @property
     def images_per_second(self) -> float:
         return self.labeled / self.seconds if self.seconds > 0 else 0.0
 
     def line(self, output: str) -> str:
-        return (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
-                f"{self.skipped} already done) in {self.seconds:.1f} s: "
-                f"{self.images_per_second:.1f} images/s -> {output}")
+        line = (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
+                f"{self.skipped} already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} images/s")
+        if self.labeled:
+            line += (f" ({self.startup_seconds:.1f} s to the first result, "
+                     f"steady {self.steady_images_per_second:.1f} images/s)")
+        if self.transient:
+            line += f"; {self.transient} images not read (transient storage errors), left for --resume"
+        return f"{line} -> {output}"

@@ -155,7 +155,7 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
     batch = {"path": np.array(names, dtype=object), "image": _pixels(photos, names, TINY_SIZE).astype(np.uint8),
              "error": np.array(["", "", "", ""], dtype=object), "transient": np.zeros(4, bool)}
     settings = ModelSettings(("animal", "person", "space"), "none", multi_label=True, threshold=0.5)
-    table = Predictor(str(tmp_path / "tags.h5"), "imagenet", 5, 4, {}, settings)(batch)
+    table = Predictor(str(tmp_path / "tags.h5"), "imagenet", 5, 4, {}, settings=settings)(batch)
     assert table.drop_columns(["transient"]).schema == SCHEMA
     rows = {r["path"]: r for r in table.to_pylist()}
     assert rows["chelsea"]["top_labels"] == ["animal"]
@@ -171,7 +171,7 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
     for file in (tmp_path / "logits_savedmodel").rglob("*"):
         if file.is_file():
             memory.pipe(f"/logits/{file.relative_to(tmp_path / 'logits_savedmodel')}", file.read_bytes())
-    predictor = Predictor("memory://logits", "imagenet", 3, 4, {}, ModelSettings(None, "none"))
+    predictor = Predictor("memory://logits", "imagenet", 3, 4, {}, settings=ModelSettings(None, "none"))
     assert predictor.classifier.loaded.head == "logits"
     rows = pa.Table.to_pylist(predictor(batch))
     assert [r["label"] for r in rows[:3]] == ["class_0", "class_1", "class_2"]
@@ -188,7 +188,7 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
     binary = _tiny_model(photos, names, np.array([[0], [0], [1], [1]], "float32"), None)
     binary.save(tmp_path / "binary_logit.keras")
     predictor = Predictor(str(tmp_path / "binary_logit.keras"), "imagenet", 5, 4, {},
-                          ModelSettings(("creatures", "objects"), "none"))
+                          settings=ModelSettings(("creatures", "objects"), "none"))
     assert predictor.classifier.loaded.head == "logits"
     rows = pa.Table.to_pylist(predictor(batch))
     assert [r["label"] for r in rows] == ["creatures", "creatures", "objects", "objects"]

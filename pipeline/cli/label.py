@@ -8,6 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.model_options import (
+    ClassesOption,
+    Head,
+    HeadOption,
+    InputSizeOption,
+    MultiLabelOption,
+    PreprocessOption,
+    ThresholdOption,
+    model_settings,
+)
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 
@@ -39,7 +49,7 @@ def parse_concurrency(text: str) -> tuple[int, int]:
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
     output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
-    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models') or fine-tuned model folder.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
@@ -65,6 +75,12 @@ def label_command(
         min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
                     "what still fails is not stored and is left for --resume.")] = 5,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = False,
+    classes: ClassesOption = None,
+    preprocess: PreprocessOption = None,
+    input_size: InputSizeOption = None,
+    head: HeadOption = Head.auto,
+    multi_label: MultiLabelOption = False,
+    threshold: ThresholdOption = 0.5,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options
@@ -75,6 +91,7 @@ def label_command(
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other")
         apply_storage_options(storage_options)
+        settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
         config = LabelConfig(
             source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
             batches_per_task=batches_per_task,
@@ -82,6 +99,8 @@ def label_command(
             cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
             resize=resize.value, precision=precision.value, xla=xla, read_retries=read_retries, verbose=verbose,
+            classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
+            head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         )
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models.registry import DEFAULT_MODEL
+from pipeline.models.user_model import ModelSettings
 
 
 @dataclass
@@ -33,6 +34,18 @@ class LabelConfig:
     read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
     verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
     progress: bool = True  # print the progress line while labeling
+    # How to read a model file the user trained (--model PATH.keras/.h5/SavedModel); see ModelSettings.
+    classes: tuple[str, ...] | None = None  # output index -> name; None: class_0..class_{n-1}
+    preprocess: str | None = None  # rescale|caffe|tf|torch|none|<registry name>
+    input_size: int | None = None  # only when the model's input shape leaves the size open
+    head: str = "auto"  # auto|softmax|sigmoid|logits
+    multi_label: bool = False  # write every class at or above ``threshold``
+    threshold: float = 0.5  # multi-label cut-off
+
+    @property
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(self.classes, self.preprocess, self.input_size, self.head, self.multi_label,
+                             self.threshold)
 
 
 @dataclass

@@ -43,8 +43,9 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     """
     started = time.monotonic()
     storage.set_storage_options(config.storage_options)
-    check_model(config.model, config.weights)
-    size = model_input_size(config.model)
+    for note in check_model(config.model, config.weights, config.model_settings):
+        progress(note)
+    size = model_input_size(config.model, config.model_settings)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     done = prepare_output(config.output, config.mode)
@@ -152,7 +153,8 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
         Predictor,
         fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options,
-                               "precision": config.precision, "xla": config.xla},
+                               "precision": config.precision, "xla": config.xla,
+                               "settings": config.model_settings},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),

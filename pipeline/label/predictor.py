@@ -1,4 +1,9 @@
-"""The predictor actor of the labeling job: one loaded model, decoded batches in, result rows out."""
+"""The predictor actor of the labeling job: one loaded model, decoded batches in, result rows out.
+
+Rows are written the same way for every output head: ``label``/``score`` hold the most probable class;
+``top_*`` hold the k best classes, or, with multi-label, every class at or above the threshold (best
+first, possibly none).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,20 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.models.loading import model_input_size
 from pipeline.models.shipping import Shippable
+from pipeline.models.user_model import ModelSettings
 from pipeline.results import SCHEMA
+
+__all__ = ["Predictor", "model_input_size"]
 
 
 class Predictor:
     """Actor: loads the model once, then turns decoded batches into top-k result rows."""
 
     def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
-                 storage_options: dict[str, Any], precision: str = "float32", xla: bool = False):
+                 storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
+                 settings: ModelSettings | None = None):
         from pipeline.models.shipping import receive
         from pipeline.ray_session import quiet_tensorflow
 
@@ -36,7 +46,7 @@ class Predictor:
         from pipeline.models.loading import load_model
 
         storage.set_storage_options(storage_options)
-        loaded = load_model(receive(model), receive(weights))  # local files were shipped by the driver
+        loaded = load_model(receive(model), receive(weights), settings)  # local files were shipped by the driver
         self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla)
         self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
         size = loaded.input_size
@@ -49,29 +59,21 @@ class Predictor:
         n, k = len(errors), self.classifier.top_k
         ids = np.zeros((n, k), np.int32)
         scores = np.zeros((n, k), np.float32)
+        kept = np.zeros(n, np.int32)
         if ok.any():
             top = self.classifier.predict(batch["image"][ok])
-            ids[ok], scores[ok] = top.ids, top.scores
+            ids[ok], scores[ok], kept[ok] = top.ids, top.scores, top.kept
         names = self.classifier.names(ids)
         return pa.table(
             {
                 "path": [str(p) for p in batch["path"]],
                 "label": [names[i][0] if ok[i] else None for i in range(n)],
                 "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
-                "top_labels": [names[i] if ok[i] else [] for i in range(n)],
-                "top_scores": [scores[i].tolist() if ok[i] else [] for i in range(n)],
-                "top_ids": [ids[i].tolist() if ok[i] else [] for i in range(n)],
+                "top_labels": [names[i][: kept[i]] if ok[i] else [] for i in range(n)],
+                "top_scores": [scores[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
+                "top_ids": [ids[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
                 "model": [self.model_name] * n,
                 "error": errors,
             },
             schema=SCHEMA,
         ).append_column("transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
-
-
-def model_input_size(model: str) -> int:
-    """The square size images are decoded to, known without building the model."""
-    from pipeline.models import artifact
-    from pipeline.models.loading import resolve_spec
-
-    spec = resolve_spec(model)
-    return spec.input_size if spec is not None else artifact.read_meta(model).input_size

@@ -184,7 +184,7 @@ def test_cached_features_train_the_head_and_export_a_full_model(tmp_path):
 
 def test_cache_features_needs_a_frozen_base_and_no_augmentation(tmp_path):
     result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features")
-    assert result.exit_code == 2 and "--no-augment" in result.stderr
+    assert result.exit_code == 2 and "--augment none" in result.stderr
     result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features", "--no-augment",
                        "--fine-tune-epochs", "2")
     assert result.exit_code == 2 and "--fine-tune-epochs at 0" in result.stderr

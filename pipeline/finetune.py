@@ -20,8 +20,8 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
-from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, list_training_files,
-                                    shuffled, split_digest)
+from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
+                                    list_training_files, shuffled, split_digest)
 from pipeline.finetune_model import DEFAULT_AUGMENT, parse_augment
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
@@ -328,7 +328,6 @@ def _run_config(config: FinetuneConfig):
 def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[str, Any], train: DecodedSplit,
          val: DecodedSplit, progress: Callable[[str], None]) -> str:
     """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
-    from ray.data import RandomSeedConfig
     from ray.train import ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -345,8 +344,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         # Ray Train gives each worker an equal shard: count // workers rows
         "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
-    # A different block order every epoch (seeded, so a rerun repeats it); the local buffer mixes further.
-    train_order = train.dataset.randomize_block_order(seed=RandomSeedConfig(config.seed, reseed_after_execution=True))
+    train_order = epoch_order(train.dataset, config.seed)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

@@ -58,20 +58,29 @@ def test_one_step_with_one_worker_equals_one_step_with_two_on_the_same_global_ba
 
 
 @pytest.mark.slow
-def test_the_exported_model_is_the_best_epoch_not_the_last(tmp_path):
+def test_the_exported_model_is_the_best_epoch_not_the_last_and_patience_stops(tmp_path):
     train = _digit_folders(tmp_path / "train", {0: 40, 1: 40, 2: 40})
     val = _digit_folders(tmp_path / "val", {0: 12, 1: 12, 2: 12}, skip=40)
     output = tmp_path / "model"
     # A learning rate far too high: validation accuracy jumps around, so the best epoch is rarely the last.
     result = runner.invoke(app, ["finetune", str(train), str(output), "--val", str(val), "--workers", "1",
-                                 "--epochs", "5", "--image-size", "32", "--augment", "none", "--lr", "0.3",
-                                 "--lr-schedule", "constant", "--batch-size", "16"])
+                                 "--epochs", "6", "--image-size", "32", "--augment", "none", "--lr", "0.3",
+                                 "--lr-schedule", "constant", "--batch-size", "16", "--patience", "2"])
     assert result.exit_code == 0, result.output
     with open(output / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     accuracies = [float(row["val_accuracy"]) for row in history]
     chosen = [int(row["epoch"]) for row in history if row["exported"] == "1"]
     assert chosen == [int(np.argmax(accuracies)) + 1]  # the first epoch with the best validation accuracy
+    # --patience 2: the run ends right after the second epoch in a row without a better val_accuracy.
+    best, stale, expected_epochs = -1.0, 0, 6
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        best, stale = (accuracy, 0) if accuracy > best else (best, stale + 1)
+        if stale == 2:
+            expected_epochs = epoch
+            break
+    assert len(history) == expected_epochs, accuracies
+    assert ("(stopped early)" in result.stdout) == (expected_epochs < 6)
     assert f"exported epoch {chosen[0]} (best val_accuracy)" in result.stdout
     meta = json.loads((output / "pipeline_model.json").read_text())
     assert meta["epoch"] == chosen[0]

@@ -56,8 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--copies", type=int, default=4)
-    parser.add_argument("finetune_args", nargs="*", help="after --: options for 'pipeline finetune'")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.finetune_args = extra
     train, heldout, n_train, n_heldout = build(args.workdir / "digits", args.copies)
     print(f"data: {n_train} training+validation images, {n_heldout} held-out images in {args.workdir / 'digits'}",
           flush=True)

@@ -1,8 +1,9 @@
 """The fine-tuning job: a registry base + new head trained data-parallel with Ray Train, exported for labeling.
 
-Driver side: check the input (before any Ray work), decode the images once with
-Ray Data, run ``TensorflowTrainer`` (the loop is in ``pipeline.finetune_worker``),
-then write ``history.csv``, ``curves.png`` and the artifact into OUTPUT.
+Driver side: check the settings and the input (before any Ray work; on --resume, that
+OUTPUT's run was trained on the same data), decode the images once with Ray Data, run
+``TensorflowTrainer`` (the loop is in ``pipeline.finetune_worker``), then export the
+best epoch and write ``history.csv``, ``curves.png`` and the per-class report into OUTPUT.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
 RUN_NAME = "checkpoints"  # Ray Train's run folder inside OUTPUT: one subfolder per epoch checkpoint
 CHECKPOINTS_KEPT = 2
-FINE_TUNE_LR_FACTOR = 0.1  # stage 2 learning rate = --lr x this
 
 
 MONITORS = ("val_accuracy", "val_loss")  # what picks the exported epoch (--best-by)
@@ -48,7 +48,8 @@ class FinetuneConfig:
     fine_tune_epochs: int = 0  # stage 2: top of the base unfrozen
     unfreeze: int | None = 20  # base layers unfrozen in stage 2 (None: all); BatchNorm stays frozen
     batch_size: int = 32  # images per worker per step; the global batch is this x workers
-    lr: float = 1e-3  # peak Adam learning rate of stage 1 (stage 2 uses a tenth)
+    lr: float = 1e-3  # peak Adam learning rate of stage 1
+    fine_tune_lr_factor: float = 0.1  # stage 2 peak learning rate = lr x this
     lr_schedule: str = "cosine"  # cosine: linear warmup, then cosine decay, per stage | constant
     dropout: float = 0.2  # dropout before the new dense layer
     val_fraction: float = 0.2  # hold-out share per class (decided per file by a hash) when no --val folder
@@ -205,6 +206,8 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError("--unfreeze must be 0 or more layers, or 'all'")
     if not config.lr > 0:
         raise UserError(f"--lr {config.lr:g} must be more than 0")
+    if not 0 < config.fine_tune_lr_factor <= 10:
+        raise UserError(f"--fine-tune-lr-factor {config.fine_tune_lr_factor:g} should be above 0 (typically 0.01-1)")
     if not 0 <= config.dropout < 1:
         raise UserError(f"--dropout {config.dropout:g} should be at least 0 and below 1")
     if config.lr_schedule not in LR_SCHEDULES:
@@ -336,7 +339,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     loop_config = {
         "base": config.base, "image_size": size, "num_classes": len(files.class_names),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs, "unfreeze": config.unfreeze,
-        "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": FINE_TUNE_LR_FACTOR,
+        "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": config.fine_tune_lr_factor,
         "lr_schedule": config.lr_schedule, "dropout": config.dropout, "augment": list(config.augment),
         "cache_features": config.cache_features, "cpus_per_worker": config.cpus_per_worker,
         "monitor": config.best_by, "patience": config.patience, "seed": config.seed,

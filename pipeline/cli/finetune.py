@@ -87,8 +87,8 @@ def finetune_command(
             data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
             batch_size=batch_size, lr=lr, fine_tune_lr_factor=fine_tune_lr_factor, lr_schedule=lr_schedule,
-            dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size, augment="none" if no_augment else augment,
-            cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
+            dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size,
+            augment="none" if no_augment else augment, cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
             shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
             storage_options=storage_options if storage_options else current_options(),
         )

@@ -1,4 +1,4 @@
-"""Fine-tuning settings and data decisions that need no training: the config's own checks, the split, the frozen base."""
+"""Fine-tuning settings and data decisions that need no training: config checks, the split, the frozen base."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fine-tuning's training contract with real Ray Train and real TF: data parallelism is exact, the export is the best epoch."""
+"""Fine-tuning with real Ray Train and real TF: data parallelism is exact, the export is the best epoch."""
 
 from __future__ import annotations
 

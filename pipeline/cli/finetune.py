@@ -59,7 +59,7 @@ def finetune_command(
     unfreeze: Annotated[str, typer.Option(help="Base layers unfrozen for fine-tuning: N (top N) or 'all'.")] = "20",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per worker per step (global batch = this x workers).")] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak Adam learning rate for the head; fine-tuning uses a tenth.")] = 1e-3,
-    fine_tune_lr_factor: Annotated[float, typer.Option(help="Stage 2 (fine-tuning) peak learning rate = --lr x this.")] = 0.1,
+    fine_tune_lr_factor: Annotated[float, typer.Option(help="Stage 2 (fine-tuning) peak learning rate = --lr x this.")] = 0.3,
     lr_schedule: Annotated[str, typer.Option(help="cosine (warmup, then cosine decay, per stage) or constant.")] = "cosine",
     dropout: Annotated[float, typer.Option(help="Dropout before the new dense layer.")] = 0.2,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (chosen per file by a hash of its path).")] = 0.2,

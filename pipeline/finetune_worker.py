@@ -99,6 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     saved_optimizer: dict[str, np.ndarray] | None = None
     best_weights: list[np.ndarray] | None = None
     best_confusion: np.ndarray | None = None
+    resumed: dict[str, Any] | None = None  # what was restored, from the live variables: kept in the state
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -108,8 +109,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 saved_optimizer = {key: data[key] for key in data.files}
             best_weights = read_best_weights(directory)
             best_confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
+        resumed = {"after_epoch": state["epoch"], "weights_checksum": weights_checksum(model.get_weights()),
+                   "optimizer_iterations": None}
         _log(rank, f"resuming after epoch {state['epoch']} (stage {state['stage']}): weights checksum "
-                   f"{weights_checksum(model.get_weights()):.6f}")
+                   f"{resumed['weights_checksum']:.6f}")
 
     label_spec = tf.TensorSpec([None], tf.int32)
     if config["cache_features"]:
@@ -221,6 +224,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not fresh_stage:
                 _restore_optimizer(optimizer, saved_optimizer)
                 _log(rank, f"optimizer restored at iteration {int(optimizer.iterations.numpy())}")
+            if resumed is not None:
+                resumed["optimizer_iterations"] = None if fresh_stage else int(optimizer.iterations.numpy())
+                state["resumes"] = state.get("resumes", []) + [resumed]
+                resumed = None
             saved_optimizer = None
             state["stale"] = 0 if fresh_stage else state["stale"]
             train_step = make_train_step(optimizer)

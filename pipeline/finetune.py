@@ -1,12 +1,15 @@
 """The fine-tuning job: a registry base + new head trained data-parallel with Ray Train, exported for labeling.
 
-Driver side: check the input (before any Ray work), decode the images once with
-Ray Data, run ``TensorflowTrainer`` (the loop is in ``pipeline.finetune_worker``),
-then write ``history.csv``, ``curves.png`` and the artifact into OUTPUT.
+Driver side: check the settings and the input (before any Ray work; on --resume, that
+OUTPUT's run was trained on the same data), decode the images once with Ray Data, run
+``TensorflowTrainer`` (the loop is in ``pipeline.finetune_worker``), then export the
+best epoch and write ``history.csv``, ``curves.png`` and the per-class report into OUTPUT.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import sys
@@ -14,18 +17,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
-from pipeline.finetune_data import DecodedSplit, LabeledFiles, decode_split, list_training_files
+from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
+                                    list_training_files, shuffled, split_digest)
+from pipeline.finetune_model import DEFAULT_AUGMENT, parse_augment
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
 RUN_NAME = "checkpoints"  # Ray Train's run folder inside OUTPUT: one subfolder per epoch checkpoint
 CHECKPOINTS_KEPT = 2
-FINE_TUNE_LR_FACTOR = 0.1  # stage 2 learning rate = --lr x this
+
+
+MONITORS = ("val_accuracy", "val_loss")  # what picks the exported epoch (--best-by)
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class FinetuneConfig:
+    """What a fine-tuning run is asked to do; it checks itself on construction (UserError, exit 2)."""
+
     data: str  # class-per-subfolder training images (local or fsspec URL)
     output: str  # checkpoints, history, curves and the exported model go here
     base: str = DEFAULT_MODEL  # registry name of the pretrained base
@@ -36,15 +48,51 @@ class FinetuneConfig:
     fine_tune_epochs: int = 0  # stage 2: top of the base unfrozen
     unfreeze: int | None = 20  # base layers unfrozen in stage 2 (None: all); BatchNorm stays frozen
     batch_size: int = 32  # images per worker per step; the global batch is this x workers
-    lr: float = 1e-3  # Adam learning rate of stage 1 (stage 2 uses a tenth)
-    val_fraction: float = 0.2  # stratified hold-out per class when no --val folder
+    lr: float = 1e-3  # peak Adam learning rate of stage 1
+    fine_tune_lr_factor: float = 0.3  # stage 2 peak learning rate = lr x this (0.1 measured worse on digits)
+    lr_schedule: str = "cosine"  # cosine: linear warmup, then cosine decay, per stage | constant
+    dropout: float = 0.2  # dropout before the new dense layer
+    val_fraction: float = 0.2  # hold-out share per class (decided per file by a hash) when no --val folder
     val: str | None = None  # separate validation folder with the same class subfolders
     image_size: int | None = None  # train at this square size (default: the base's native size)
-    augment: bool = True  # random flip/rotation/zoom on training batches
+    augment: tuple[str, ...] = DEFAULT_AUGMENT  # random transforms on training batches (never exported)
     cache_features: bool = False  # frozen base + no augmentation: compute base features once, train the head
-    resume: bool = False  # continue from the last checkpoint in OUTPUT
+    best_by: str = "val_accuracy"  # the exported epoch is the best by this (val_accuracy | val_loss)
+    patience: int = 0  # end a stage after this many epochs without a better best_by (0: never)
+    seed: int = SHUFFLE_SEED  # head initialization and training order
+    shuffle_buffer: int = 1024  # rows each worker shuffles locally, on top of the per-epoch block shuffle
+    resume: bool = False  # continue from the last checkpoint in OUTPUT (same data and settings)
+    overwrite: bool = False  # discard a previous run in OUTPUT
     address: str | None = None  # Ray cluster address; None starts a local Ray here
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for DATA/OUTPUT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, str):
+            self.augment = parse_augment(self.augment)
+        self.augment = tuple(self.augment)
+        if isinstance(self.storage_options, str) or self.storage_options is None:
+            self.storage_options = parse_json_option(self.storage_options, "--storage-options")
+        check_settings(self)
+
+
+def parse_json_option(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object given as text ({} when empty); UserError saying what is wrong with it."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{option} is not valid JSON ({err}); example: "
+                        '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'') from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def check_mode(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: --resume continues the run in OUTPUT, "
+                        "--overwrite discards it")
 
 
 @dataclass
@@ -56,10 +104,15 @@ class FinetuneSummary:
     history: list[dict[str, Any]]
     workers: int
     seconds: float = 0.0
+    chosen_epoch: int = 0  # the epoch whose weights were exported
+    best_by: str = "val_accuracy"
+    confused: list[tuple[str, str, int]] = field(default_factory=list)  # worst (true, predicted, count)
+    stopped_early: bool = False
 
     @property
     def best(self) -> dict[str, Any]:
-        return max(self.history, key=lambda row: row["val_accuracy"])
+        """The exported epoch's row of the history."""
+        return next(row for row in self.history if row["epoch"] == self.chosen_epoch)
 
     @property
     def images_per_second(self) -> float:
@@ -69,10 +122,14 @@ class FinetuneSummary:
 
     def line(self, output: str) -> str:
         best = self.best
+        confused = ", ".join(f"{true}->{pred} ({count})" for true, pred, count in self.confused) or "none"
         return (f"fine-tuned {len(self.classes)} classes on {self.train_images} images with {self.workers} "
-                f"worker(s): best val accuracy {best['val_accuracy']:.4f} (epoch {best['epoch']}), "
-                f"{len(self.history)} epochs, {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
-                f"{len(self.skipped)} unreadable image(s) skipped; model in {output}")
+                f"worker(s): exported epoch {best['epoch']} (best {self.best_by}), val accuracy "
+                f"{best['val_accuracy']:.4f}, val loss {best['val_loss']:.4f}; "
+                f"{len(self.history)} epochs{' (stopped early)' if self.stopped_early else ''}, "
+                f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
+                f"{len(self.skipped)} unreadable image(s) skipped; most confused (true->predicted): {confused}; "
+                f"model in {output}")
 
 
 def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambda s: None) -> FinetuneSummary:
@@ -81,12 +138,13 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     storage.set_storage_options(config.storage_options)
     spec = get_spec(config.base)
     size = config.image_size or spec.input_size
-    check_settings(config)
     files = list_training_files(config.data, config.val, config.val_fraction)
-    check_output(config.output, config.resume)
+    identity = {"class_names": files.class_names, "base": spec.name, "image_size": size,
+                "split_digest": split_digest(files)}
+    prepare_output(config, identity)
     progress(f"{len(files.class_names)} classes {files.class_names[:10]}{' ...' if len(files.class_names) > 10 else ''}: "
              f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size}, "
-             f"{config.workers} worker(s)")
+             f"{config.workers} worker(s), augmentation: {','.join(config.augment) or 'none'}")
     import ray
 
     from pipeline.ray_session import ray_session
@@ -95,49 +153,133 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         check_local_cpus(config)  # before paying for a Ray start (not inside a Ray job: it joins the cluster)
     with ray_session(config.address, verbose=True):  # the workers' [finetune] lines are the progress
         check_cluster_resources(config, ray.cluster_resources, progress=progress)
-        train, val = (decode_split(items, size, config.batch_size, config.storage_options)
-                      for items in (files.train, files.val))
+        # Listed files come one class after another: decode them in a seeded random order so every
+        # block mixes the classes; each epoch then reshuffles the block order and a local buffer.
+        train = decode_split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options)
+        val = decode_split(files.val, size, config.batch_size, config.storage_options)
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
-                                  config.workers)
+                                  config.workers, best_by=config.best_by)
         for path, error in summary.skipped[:5]:
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
-        directory = _fit(config, files, size, train, val, progress)
-    from pipeline.finetune_worker import read_state
+        directory = _fit(config, files, size, identity, train, val, progress)
+    from pipeline.finetune_report import worst_confused, write_report
+    from pipeline.finetune_worker import BEST_CONFUSION_FILE, read_best_weights, read_state
 
     try:
-        summary.history = read_state(directory)["history"]
-        export(config, files, size, directory)
+        state = read_state(directory)
+        summary.history, summary.chosen_epoch = state["history"], state["best"]["epoch"]
+        summary.stopped_early = state["finished"]
+        confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
+        export(config, files, size, read_best_weights(directory), summary.chosen_epoch)
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
     from pipeline.training_curves import plot_curves, write_history
 
-    write_history(summary.history, config.output)
-    plot_curves(summary.history, config.output, f"{spec.name} fine-tuned on {config.data}")
+    write_history(summary.history, config.output, summary.chosen_epoch)
+    plot_curves(summary.history, config.output, f"{spec.name} fine-tuned on {config.data}", summary.chosen_epoch,
+                config.best_by)
+    write_report(confusion, files.class_names, config.output, summary.chosen_epoch)
+    summary.confused = worst_confused(confusion, files.class_names)
     summary.seconds = time.monotonic() - started
     return summary
 
 
 def check_settings(config: FinetuneConfig) -> None:
+    """Every check that needs no input and no cluster: bounds, choices and conflicts of the options."""
+    check_mode(config.resume, config.overwrite)
     if config.workers < 1:
         raise UserError("--workers must be at least 1")
+    if config.cpus_per_worker <= 0:
+        raise UserError(f"--cpus-per-worker {config.cpus_per_worker:g} must be more than 0")
+    if config.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     if not 0 < config.val_fraction < 1 and config.val is None:
         raise UserError(f"--val-fraction {config.val_fraction} should be between 0 and 1")
     if config.image_size is not None and config.image_size < 32:
         raise UserError(f"--image-size {config.image_size} is too small; use 32 or more")
-    if config.cache_features and (config.augment or config.fine_tune_epochs):
-        raise UserError("--cache-features needs a base that never changes and images that never change: "
-                        "add --no-augment and leave --fine-tune-epochs at 0")
     if config.epochs < 1:
         raise UserError("--epochs must be at least 1 (the new head is trained first)")
+    if config.fine_tune_epochs < 0:
+        raise UserError("--fine-tune-epochs must be 0 or more")
+    if config.unfreeze is not None and config.unfreeze < 0:
+        raise UserError("--unfreeze must be 0 or more layers, or 'all'")
+    if not config.lr > 0:
+        raise UserError(f"--lr {config.lr:g} must be more than 0")
+    if not 0 < config.fine_tune_lr_factor <= 10:
+        raise UserError(f"--fine-tune-lr-factor {config.fine_tune_lr_factor:g} should be above 0 (typically 0.01-1)")
+    if not 0 <= config.dropout < 1:
+        raise UserError(f"--dropout {config.dropout:g} should be at least 0 and below 1")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"--lr-schedule '{config.lr_schedule}' should be one of {', '.join(LR_SCHEDULES)}")
+    if config.best_by not in MONITORS:
+        raise UserError(f"--best-by '{config.best_by}' should be one of {', '.join(MONITORS)}")
+    if config.patience < 0:
+        raise UserError("--patience must be 0 (off) or more epochs")
+    if config.shuffle_buffer < 1:
+        raise UserError("--shuffle-buffer must be at least 1 image")
+    if config.cache_features and (config.augment or config.fine_tune_epochs):
+        raise UserError("--cache-features needs a base that never changes and images that never change: "
+                        "add --augment none and leave --fine-tune-epochs at 0")
+    if not isinstance(config.storage_options, dict):
+        raise UserError("--storage-options must be a JSON object")
 
 
-def check_output(output: str, resume: bool) -> None:
-    if resume:
+def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> None:
+    """New run: OUTPUT holds none. --overwrite: remove it. --resume: it must be this data with these settings."""
+    run = storage.join(config.output, RUN_NAME)
+    if config.overwrite:
+        fs, root = storage.filesystem(run)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
         return
-    if storage.exists(storage.join(output, RUN_NAME)):
-        raise UserError(f"OUTPUT '{output}' already holds a fine-tuning run; pass --resume to continue it, "
-                        "or choose another OUTPUT")
+    if not config.resume:
+        if storage.exists(run):
+            raise UserError(f"OUTPUT '{config.output}' already holds a fine-tuning run; pass --resume to continue "
+                            "it, --overwrite to discard it, or choose another OUTPUT")
+        return
+    saved = last_checkpoint_state(config.output)
+    if saved is None:
+        return  # nothing to resume yet: start
+    check_same_run(saved.get("identity"), identity, config.output)
+
+
+def last_checkpoint_state(output: str) -> dict[str, Any] | None:
+    """state.json of the newest epoch checkpoint in OUTPUT, or None when there is none."""
+    from pipeline.finetune_worker import STATE_FILE
+
+    fs, root = storage.filesystem(storage.join(output, RUN_NAME))
+    try:
+        folders = sorted(p for p in fs.glob(storage.join(root, "epoch_*")) if fs.exists(storage.join(p, STATE_FILE)))
+    except FileNotFoundError:
+        return None
+    if not folders:
+        return None
+    with fs.open(storage.join(folders[-1], STATE_FILE), "r") as f:
+        return json.load(f)
+
+
+def check_same_run(saved: dict[str, Any] | None, current: dict[str, Any], output: str) -> None:
+    """UserError naming what differs between the checkpointed run and this one."""
+    if saved is None:
+        raise UserError(f"the run in OUTPUT '{output}' was checkpointed by an older version that did not record "
+                        "its data and settings; it cannot be resumed safely: use --overwrite or another OUTPUT")
+    differences = []
+    if saved.get("class_names") != current["class_names"]:
+        added = sorted(set(current["class_names"]) - set(saved.get("class_names") or []))
+        gone = sorted(set(saved.get("class_names") or []) - set(current["class_names"]))
+        differences.append(f"class folders (new now: {', '.join(added) or 'none'}; "
+                           f"missing now: {', '.join(gone) or 'none'})")
+    for key, name in (("base", "--base"), ("image_size", "--image-size")):
+        if saved.get(key) != current[key]:
+            differences.append(f"{name} ({saved.get(key)} in the checkpoint, {current[key]} now)")
+    if not differences and saved.get("split_digest") != current["split_digest"]:
+        differences.append("training/validation files (images added, removed or renamed in DATA or --val, "
+                           "or another --val-fraction)")
+    if differences:
+        raise UserError(f"--resume refused: the run in OUTPUT '{output}' was trained with different "
+                        f"{'; '.join(differences)}; resume with the same data and settings, or start over "
+                        "with --overwrite or another OUTPUT")
 
 
 def available_local_cpus() -> int:
@@ -201,9 +343,9 @@ def _run_config(config: FinetuneConfig):
                      storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
 
 
-def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, train: DecodedSplit, val: DecodedSplit,
-         progress: Callable[[str], None]) -> str:
-    """Train; return a local folder holding the last checkpoint (weights + state)."""
+def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[str, Any], train: DecodedSplit,
+         val: DecodedSplit, progress: Callable[[str], None]) -> str:
+    """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
     from ray.train import ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -212,10 +354,15 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, train: DecodedS
     loop_config = {
         "base": config.base, "image_size": size, "num_classes": len(files.class_names),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs, "unfreeze": config.unfreeze,
-        "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": FINE_TUNE_LR_FACTOR,
-        "augment": config.augment, "cache_features": config.cache_features,
-        "cpus_per_worker": config.cpus_per_worker,
+        "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": config.fine_tune_lr_factor,
+        "lr_schedule": config.lr_schedule, "dropout": config.dropout, "augment": list(config.augment),
+        "cache_features": config.cache_features, "cpus_per_worker": config.cpus_per_worker,
+        "monitor": config.best_by, "patience": config.patience, "seed": config.seed,
+        "shuffle_buffer": config.shuffle_buffer, "identity": identity,
+        # Ray Train gives each worker an equal shard: count // workers rows
+        "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
+    train_order = epoch_order(train.dataset, config.seed)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -223,7 +370,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, train: DecodedS
                                      resources_per_worker={"CPU": config.cpus_per_worker,
                                                            **({"GPU": 1} if config.use_gpu else {})}),
         run_config=_run_config(config),
-        datasets={"train": train.dataset, "val": val.dataset},
+        datasets={"train": train_order, "val": val.dataset},
     )
     progress(f"training with {config.workers} Ray Train worker(s); checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
@@ -240,12 +387,13 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, train: DecodedS
     return result.checkpoint.to_directory()
 
 
-def export(config: FinetuneConfig, files: LabeledFiles, size: int, checkpoint_dir: str) -> None:
-    """Rebuild the classifier here, load the trained weights, and save the artifact into OUTPUT."""
+def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int) -> None:
+    """Build the plain classifier here, set the chosen epoch's weights, and save the artifact into OUTPUT."""
     from pipeline.finetune_model import build_classifier
-    from pipeline.finetune_worker import WEIGHTS_FILE
     from pipeline.models.artifact import ArtifactMeta, save_artifact
 
-    model = build_classifier(config.base, size, len(files.class_names), weights=None)
-    model.load_weights(os.path.join(checkpoint_dir, WEIGHTS_FILE))
-    save_artifact(model, config.output, ArtifactMeta(get_spec(config.base).name, size, list(files.class_names)))
+    model = build_classifier(config.base, size, len(files.class_names), weights=None, dropout=config.dropout,
+                             inference_base=False)
+    model.set_weights(weights)
+    save_artifact(model, config.output, ArtifactMeta(get_spec(config.base).name, size, list(files.class_names),
+                                                     epoch=epoch))

@@ -1,11 +1,13 @@
-"""The fine-tuning data: class-per-folder listing, a seeded stratified split, and Ray Data decoding.
+"""The fine-tuning data: class-per-folder listing, a per-file hash split, and Ray Data decoding.
 
 Images are decoded by ``pipeline.images`` (the labeling job's decoder), once per
-run, into Ray's object store; training workers then read equal shards of it.
+run, into Ray's object store, in a seeded random order so every block mixes the
+classes; training workers then read equal shards of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,9 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.images import decode_or_error, is_image_path
 
-SPLIT_SEED = 1234  # fixed so a resumed run validates on the same images
+SHUFFLE_SEED = 1234  # default seed of the training order (--seed)
+ROWS_PER_BLOCK = 64  # decoded rows per Ray block: small blocks make the per-epoch block shuffle fine-grained
+MAX_BLOCKS = 4096
 
 
 @dataclass
@@ -60,22 +64,51 @@ def check_classes(classes: dict[str, list[str]], root: str, what: str = "DATA") 
                         "(.jpg, .png, ...); add images or remove the folder")
 
 
-def stratified_split(classes: dict[str, list[str]], val_fraction: float,
-                     seed: int = SPLIT_SEED) -> LabeledFiles:
-    """Hold out ``val_fraction`` of every class (at least one image, never all), the same way every run."""
+def split_key(path: str, class_name: str) -> float:
+    """A number in [0, 1) fixed by the file's path from its class folder on (so DATA may move)."""
+    start = path.rfind(f"/{class_name}/")
+    relative = path[start + 1:] if start >= 0 else path
+    digest = hashlib.sha256(relative.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hash_split(classes: dict[str, list[str]], val_fraction: float) -> LabeledFiles:
+    """Hold out about ``val_fraction`` of every class, decided per file by a hash of its path.
+
+    Adding or removing images never moves the other images between training and validation
+    (a seeded permutation per class did: one new image reshuffled every later class). Each
+    class keeps at least one image on each side.
+    """
     names = sorted(classes)
     files = LabeledFiles(names)
-    rng = np.random.default_rng(seed)
     for label, name in enumerate(names):
         paths = classes[name]
         if len(paths) < 2:
             raise UserError(f"class '{name}' has {len(paths)} image; a validation split needs at least two "
                             "per class (or pass --val DIR)")
-        order = rng.permutation(len(paths))
-        n_val = min(len(paths) - 1, max(1, int(round(len(paths) * val_fraction))))
-        files.val += [(paths[i], label) for i in sorted(order[:n_val])]
-        files.train += [(paths[i], label) for i in sorted(order[n_val:])]
+        keyed = sorted((split_key(p, name), p) for p in paths)
+        n_val = sum(key < val_fraction for key, _ in keyed)
+        n_val = min(len(paths) - 1, max(1, n_val))  # the lowest keys are validation
+        files.val += [(p, label) for p in sorted(p for _, p in keyed[:n_val])]
+        files.train += [(p, label) for p in sorted(p for _, p in keyed[n_val:])]
     return files
+
+
+def split_digest(files: LabeledFiles) -> str:
+    """A short digest of the class names and of which file is on which side: resume refuses a different one."""
+    digest = hashlib.sha256()
+    for part, items in (("classes", [(n, i) for i, n in enumerate(files.class_names)]),
+                        ("train", files.train), ("val", files.val)):
+        digest.update(part.encode())
+        for path, label in items:
+            digest.update(f"{label}\t{path}\n".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def shuffled(items: list[tuple[str, int]], seed: int) -> list[tuple[str, int]]:
+    """A seeded global permutation: listed files come one class after another, training must not."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    return [items[i] for i in order]
 
 
 def list_training_files(data: str, val: str | None, val_fraction: float) -> LabeledFiles:
@@ -83,7 +116,7 @@ def list_training_files(data: str, val: str | None, val_fraction: float) -> Labe
     classes = list_class_folders(data)
     check_classes(classes, data)
     if val is None:
-        return stratified_split(classes, val_fraction)
+        return hash_split(classes, val_fraction)
     val_classes = list_class_folders(val, what="--val")
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
@@ -95,6 +128,18 @@ def list_training_files(data: str, val: str | None, val_fraction: float) -> Labe
     if not files.val:
         raise UserError(f"--val '{val}' holds no images")
     return files
+
+
+def epoch_order(dataset: Any, seed: int) -> Any:
+    """The training set with a new seeded block order every time it is read (every epoch).
+
+    Together with decoding in ``shuffled`` order (every block mixes the classes) and each
+    worker's local shuffle buffer, this is a global shuffle per epoch at block granularity
+    that moves no data: cheap at a million images, unlike ``random_shuffle``.
+    """
+    from ray.data import RandomSeedConfig
+
+    return dataset.randomize_block_order(seed=RandomSeedConfig(seed, reseed_after_execution=True))
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -133,7 +178,7 @@ def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
     """Decode ``items`` once with Ray Data; corrupt images are dropped and reported, never fatal."""
     import ray
 
-    blocks = max(1, min(len(items) // 64 + 1, 64))
+    blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
     decoded = ray.data.from_items([{"path": p, "label": label} for p, label in items],
                                   override_num_blocks=blocks)
     decoded = decoded.map_batches(decode_batch, fn_kwargs={"size": size, "storage_options": storage_options},

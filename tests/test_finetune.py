@@ -60,9 +60,12 @@ def _accuracy(paths, labels) -> float:
 def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, tmp_path):
     output = tmp_path / "model"
     started = time.monotonic()
+    # A 64-image shuffle buffer is a tenth of each worker's shard, so the training order matters here.
+    # No augmentation: on this small set 3+3 epochs are too few for rotate,zoom to pay (0.92 held out,
+    # see benchmarks/finetune_digits.py); the larger set reaches 0.957 with it.
     result = runner.invoke(app, ["finetune", str(digits["train"]), str(output), "--workers", "2",
-                                 "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "64",
-                                 "--no-augment", "--lr", "2e-3", "--batch-size", "32"])
+                                 "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "64", "--lr", "2e-3",
+                                 "--augment", "none", "--shuffle-buffer", "64", "--batch-size", "32"])
     assert result.exit_code == 0, result.output
     summary = result.stdout.strip().splitlines()[-1]
     print(f"{summary} [{time.monotonic() - started:.0f} s in the test]")
@@ -73,7 +76,10 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]
     assert [int(row["stage"]) for row in history] == [1, 1, 1, 2, 2, 2]
     best = max(float(row["val_accuracy"]) for row in history)
-    assert best >= 0.90, history
+    assert best >= 0.92, history
+    exported = [row for row in history if row["exported"] == "1"]
+    assert len(exported) == 1 and float(exported[0]["val_accuracy"]) == best
+    assert f"exported epoch {exported[0]['epoch']} (best val_accuracy)" in summary
     # Data-parallel for real: each epoch every training image went through exactly one of the two
     # workers (equal shards drop at most one), not both.
     train_images = int(summary.split(" on ")[1].split()[0])
@@ -81,7 +87,9 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((output / "pipeline_model.json").read_text())
     assert meta["class_names"] == [str(d) for d in range(10)] and meta["input_size"] == 64
-    assert meta["base"] == "efficientnet_lite0"
+    assert meta["base"] == "efficientnet_lite0" and meta["epoch"] == int(exported[0]["epoch"])
+    assert (output / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pd.read_csv(output / "per_class.csv")) == 10
 
     import pipeline
 
@@ -89,7 +97,7 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     predictions = pipeline.classify(held_out, model=str(output), top_k=1)
     accuracy = _accuracy(held_out, [p.label for p in predictions])
     print(f"held-out accuracy through pipeline.classify: {accuracy:.4f} on {len(held_out)} digits")
-    assert accuracy >= 0.90
+    assert accuracy >= 0.93
 
     labeled = tmp_path / "labels"
     result = runner.invoke(app, ["label", str(digits["heldout"]), str(labeled), "--model", str(output)])
@@ -98,7 +106,7 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     assert {"path", "label", "score", "top_labels", "top_scores", "top_ids", "model", "error"} <= set(frame.columns)
     assert len(frame) == len(held_out) and frame["error"].isna().all()
     assert set(frame["label"]) <= {str(d) for d in range(10)}
-    assert _accuracy(frame["path"], frame["label"]) >= 0.90
+    assert _accuracy(frame["path"], frame["label"]) >= 0.93
 
 
 def _checkpointed_epoch(output: Path) -> int:
@@ -122,12 +130,24 @@ def _three_digits(tmp_path, count: int):
     return source
 
 
+def _checkpoint_checksum(folder: Path, classes: int, size: int) -> float:
+    """The weights checksum of a checkpoint, computed here from its weights file."""
+    from pipeline.finetune_model import build_classifier
+    from pipeline.finetune_worker import WEIGHTS_FILE, weights_checksum
+
+    model = build_classifier("efficientnet_lite0", size, classes, weights=None)
+    model.load_weights(str(folder / WEIGHTS_FILE))
+    return weights_checksum(model.get_weights())
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
     source = _three_digits(tmp_path, 150)
     output = tmp_path / "model"
+    # Stage 1 is long so the kill lands inside it and the resumed epoch continues the same Adam.
     command = [sys.executable, "-m", "pipeline", "finetune", str(source), str(output), "--workers", "2",
-               "--epochs", "3", "--fine-tune-epochs", "3", "--image-size", "32", "--batch-size", "8"]
+               "--epochs", "5", "--fine-tune-epochs", "1", "--image-size", "32", "--batch-size", "8",
+               "--augment", "rotate,zoom"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             text=True)
     try:
@@ -146,9 +166,15 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
         except ProcessLookupError:
             pass
     done = _checkpointed_epoch(output)
-    assert 1 <= done < 6, "the kill came too late to test resuming"
-    with open(output / "checkpoints" / f"epoch_{done:04d}" / "state.json") as f:
+    assert 1 <= done < 5, "the kill came too late to test resuming inside stage 1"
+    folder = output / "checkpoints" / f"epoch_{done:04d}"
+    with open(folder / "state.json") as f:
         before = json.load(f)["history"]
+    with np.load(folder / "optimizer.npz") as saved:
+        iterations = int(saved["iterations"])
+    steps = -(-before[0]["train_images"] // 2 // 8)  # per worker: equal shards of 8-image batches
+    assert iterations == done * steps  # the checkpoint holds Adam's step counter, not a fresh one
+    checksum = _checkpoint_checksum(folder, 3, 32)
     assert not (output / "history.csv").exists()
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -156,6 +182,13 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    # Directly from the resumed worker: the weights it held and Adam's iteration count right after restoring
+    # (read from its live variables and kept in the state of every later checkpoint).
+    with open(output / "checkpoints" / "epoch_0006" / "state.json") as f:
+        [restored] = json.load(f)["resumes"]
+    assert restored["after_epoch"] == done
+    assert restored["weights_checksum"] == pytest.approx(checksum, rel=1e-12, abs=1e-9)
+    assert restored["optimizer_iterations"] == iterations
     assert "6 epochs" in resumed.stdout
     history = _history(output)
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]  # none repeated, none missing
@@ -164,13 +197,22 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
         assert float(row["val_accuracy"]) == pytest.approx(saved["val_accuracy"], rel=1e-12)
     assert (output / "model.keras").exists()
 
+    # A changed class folder (a new class here) is refused, naming the difference, before any training.
+    _write_digits(source / "extra", range(10), np.zeros((10, 8, 8)), ["3"] * 10)
+    (source / "extra" / "3").rename(source / "3")
+    (source / "extra").rmdir()
+    changed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "--resume refused" in changed.stderr and "class folders (new now: 3; missing now: none)" in changed.stderr
+
 
 @pytest.mark.slow
 def test_cached_features_train_the_head_and_export_a_full_model(tmp_path):
     source = _three_digits(tmp_path, 240)
     output = tmp_path / "model"
     result = runner.invoke(app, ["finetune", str(source), str(output), "--workers", "2", "--epochs", "6",
-                                 "--image-size", "32", "--no-augment", "--cache-features", "--lr", "3e-3"])
+                                 "--image-size", "32", "--augment", "none", "--cache-features", "--lr", "3e-3",
+                                 "--lr-schedule", "constant"])  # 3 steps an epoch: a decaying rate undertrains
     assert result.exit_code == 0, result.output
     history = _history(output)
     assert len(history) == 6 and max(float(row["val_accuracy"]) for row in history) >= 0.85, history
@@ -184,8 +226,8 @@ def test_cached_features_train_the_head_and_export_a_full_model(tmp_path):
 
 def test_cache_features_needs_a_frozen_base_and_no_augmentation(tmp_path):
     result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features")
-    assert result.exit_code == 2 and "--no-augment" in result.stderr
-    result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features", "--no-augment",
+    assert result.exit_code == 2 and "--augment none" in result.stderr
+    result = _finetune(str(tmp_path), str(tmp_path / "out"), "--cache-features", "--augment", "none",
                        "--fine-tune-epochs", "2")
     assert result.exit_code == 2 and "--fine-tune-epochs at 0" in result.stderr
 

@@ -24,6 +24,29 @@ def parse_unfreeze(text: str) -> int | None:
     return value
 
 
+def _checked_augment(value: str) -> str:
+    """Parse-time check, so 'pipeline submit finetune' refuses a bad --augment before uploading anything."""
+    from pipeline.finetune_model import parse_augment
+
+    try:
+        parse_augment(value)
+    except UserError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
+def _checked_mode(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """--resume with --overwrite is refused while parsing (whichever comes second sees the first)."""
+    from pipeline.finetune import check_mode
+
+    other = "overwrite" if param.name == "resume" else "resume"
+    try:
+        check_mode(value, bool(ctx.params.get(other)))
+    except UserError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
 @app.command("finetune")
 def finetune_command(
     data: Annotated[str, typer.Argument(help="Training images, one subfolder per class (local or fsspec URL).")],
@@ -35,30 +58,39 @@ def finetune_command(
     fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Further epochs with the top of the base unfrozen.")] = 0,
     unfreeze: Annotated[str, typer.Option(help="Base layers unfrozen for fine-tuning: N (top N) or 'all'.")] = "20",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per worker per step (global batch = this x workers).")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate for the head; fine-tuning uses a tenth.")] = 1e-3,
-    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation.")] = 0.2,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak Adam learning rate for the head; fine-tuning uses a tenth.")] = 1e-3,
+    fine_tune_lr_factor: Annotated[float, typer.Option(help="Stage 2 (fine-tuning) peak learning rate = --lr x this.")] = 0.3,
+    lr_schedule: Annotated[str, typer.Option(help="cosine (warmup, then cosine decay, per stage) or constant.")] = "cosine",
+    dropout: Annotated[float, typer.Option(help="Dropout before the new dense layer.")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (chosen per file by a hash of its path).")] = 0.2,
     val: Annotated[Optional[str], typer.Option(help="Separate validation folder (same class subfolders).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Train at SxS pixels (default: the base's native size).")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flip/rotation/zoom on training images.")] = True,
-    cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --no-augment: compute the base's features once, then train the head on them.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUTPUT.")] = False,
+    augment: Annotated[str, typer.Option(callback=_checked_augment, help="Random transforms on training images, comma-separated from flip,rotate,zoom,contrast, or 'none'. No flip for digits, text or signs.")] = "flip,rotate,zoom",
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.")] = False,
+    cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --augment none: compute the base's features once, then train the head on them.")] = False,
+    best_by: Annotated[str, typer.Option(help="Export the epoch with the best val_accuracy or val_loss.")] = "val_accuracy",
+    patience: Annotated[int, typer.Option(min=0, help="End a stage after N epochs without a better --best-by (0: off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the new head and of the training order.")] = 1234,
+    shuffle_buffer: Annotated[int, typer.Option(min=1, help="Images each worker shuffles locally (on top of a per-epoch block shuffle).")] = 1024,
+    resume: Annotated[bool, typer.Option("--resume", callback=_checked_mode, help="Continue from the last checkpoint in OUTPUT (same data and settings).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", callback=_checked_mode, help="Discard a previous run in OUTPUT.")] = False,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
     cpus_per_worker: Annotated[float, typer.Option(min=0.01, help="CPUs Ray reserves for each worker.")] = 1.0,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
 ) -> None:
     """Fine-tune a pretrained model on DATA with Ray Train and export it to OUTPUT for 'pipeline label --model OUTPUT'."""
-    from pipeline.cli.options import apply_storage_options
     from pipeline.finetune import FinetuneConfig, run_finetune
     from pipeline.storage import storage_options as current_options
 
     with user_errors():
-        apply_storage_options(storage_options)
         config = FinetuneConfig(
             data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
-            batch_size=batch_size, lr=lr, val_fraction=val_fraction, val=val, image_size=image_size,
-            augment=augment, cache_features=cache_features, resume=resume, address=address,
-            storage_options=current_options(),
+            batch_size=batch_size, lr=lr, fine_tune_lr_factor=fine_tune_lr_factor, lr_schedule=lr_schedule,
+            dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size,
+            augment="none" if no_augment else augment, cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
+            shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
+            storage_options=storage_options if storage_options else current_options(),
         )
         summary = run_finetune(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

@@ -25,6 +25,7 @@ class ArtifactMeta:
     input_size: int  # square input resolution the model was trained at
     class_names: list[str]  # output index -> class name
     format_version: int = FORMAT_VERSION
+    epoch: int | None = None  # fine-tuning: the training epoch whose weights these are (the best one)
 
 
 def is_artifact(location: str) -> bool:

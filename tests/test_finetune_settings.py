@@ -1,0 +1,125 @@
+"""Fine-tuning settings and data decisions that need no training: config checks, the split, the frozen base."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.errors import UserError
+from pipeline.finetune import FinetuneConfig, check_same_run
+from pipeline.finetune_data import hash_split, list_class_folders, split_digest
+
+runner = CliRunner()
+
+
+def _text(output: str) -> str:
+    """Click/Rich error boxes wrap lines: compare on the words."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"resume": True, "overwrite": True}, "--resume and --overwrite exclude each other"),
+    ({"workers": 0}, "--workers must be at least 1"),
+    ({"cpus_per_worker": 0}, "--cpus-per-worker 0 must be more than 0"),
+    ({"augment": "flip,blur"}, "unknown transform(s) blur"),
+    ({"best_by": "accuracy"}, "--best-by 'accuracy' should be one of val_accuracy, val_loss"),
+    ({"patience": -1}, "--patience must be 0"),
+    ({"storage_options": "{not json"}, "--storage-options is not valid JSON"),
+    ({"storage_options": "[1, 2]"}, "--storage-options must be a JSON object"),
+    ({"cache_features": True}, "add --augment none"),
+    ({"dropout": 1.0}, "--dropout 1 should be at least 0 and below 1"),
+])
+def test_the_config_refuses_bad_settings_itself(options, message):
+    """The CLI, jobs/finetune.py and library callers all get these checks from FinetuneConfig."""
+    with pytest.raises(UserError, match=None) as caught:
+        FinetuneConfig("data", "out", **options)
+    assert message in str(caught.value)
+
+
+def test_the_config_parses_augment_and_json_options():
+    config = FinetuneConfig("data", "out", augment="Rotate, zoom,rotate", storage_options='{"anon": true}')
+    assert config.augment == ("rotate", "zoom") and config.storage_options == {"anon": True}
+    assert FinetuneConfig("data", "out", augment="none").augment == ()
+    assert FinetuneConfig("data", "out").augment == ("flip", "rotate", "zoom")  # the documented default
+
+
+def test_cli_refuses_resume_with_overwrite_and_unknown_augmentation_while_parsing(tmp_path):
+    """Parse-time checks: 'pipeline submit finetune' runs the same parser before it uploads anything."""
+    for args in (["--resume", "--overwrite"], ["--overwrite", "--resume"]):
+        result = runner.invoke(app, ["finetune", str(tmp_path), str(tmp_path / "out"), *args])
+        assert result.exit_code == 2 and "exclude each other" in _text(result.output)
+    result = runner.invoke(app, ["finetune", str(tmp_path), str(tmp_path / "out"), "--augment", "flip,shear"])
+    assert result.exit_code == 2 and "unknown transform(s) shear" in _text(result.output)
+    from pipeline.submit import validate_job_args
+
+    with pytest.raises(UserError, match="unknown transform"):
+        validate_job_args("finetune", ["data", "out", "--augment", "flip,shear"])
+    with pytest.raises(UserError, match="exclude each other"):
+        validate_job_args("finetune", ["data", "out", "--resume", "--overwrite"])
+
+
+def _tree(root: Path, counts: dict[str, int]) -> Path:
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (root / name / f"img_{i:04d}.png").write_bytes(b"not decoded here")
+    return root
+
+
+def test_adding_images_never_moves_others_between_training_and_validation(tmp_path):
+    root = _tree(tmp_path / "data", {"cat": 200, "dog": 150})
+    before = hash_split(list_class_folders(str(root)), 0.2)
+    assert 0.12 < len(before.val) / 350 < 0.28 and {label for _, label in before.val} == {0, 1}
+    _tree(root, {"cat": 230, "dog": 150, })  # 30 new cats
+    after = hash_split(list_class_folders(str(root)), 0.2)
+    assert set(before.val) <= set(after.val) and set(before.train) <= set(after.train)
+    assert split_digest(before) != split_digest(after)
+    # The decision depends on the path below the class folder, not on where DATA lives.
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)
+    again = hash_split(list_class_folders(str(moved)), 0.2)
+    assert [Path(p).name for p, _ in again.val] == [Path(p).name for p, _ in after.val]
+
+
+def test_every_class_keeps_an_image_on_each_side(tmp_path):
+    root = _tree(tmp_path / "data", {"a": 2, "b": 3, "c": 40})
+    files = hash_split(list_class_folders(str(root)), 0.2)
+    for label in range(3):
+        assert any(item[1] == label for item in files.val) and any(item[1] == label for item in files.train)
+
+
+def test_resume_check_names_what_changed():
+    saved = {"class_names": ["cat", "dog"], "base": "efficientnet_lite0", "image_size": 96, "split_digest": "a"}
+    check_same_run(saved, dict(saved), "out")  # the same run: no error
+    with pytest.raises(UserError, match=r"class folders \(new now: fox; missing now: none\)"):
+        check_same_run(saved, {**saved, "class_names": ["cat", "dog", "fox"]}, "out")
+    with pytest.raises(UserError, match=r"--image-size \(96 in the checkpoint, 64 now\)"):
+        check_same_run(saved, {**saved, "image_size": 64}, "out")
+    with pytest.raises(UserError, match="training/validation files"):
+        check_same_run(saved, {**saved, "split_digest": "b"}, "out")
+
+
+def test_the_frozen_base_runs_in_inference_mode_while_the_head_trains():
+    """EfficientNetB0 has stochastic-depth dropout inside: with training=True a plainly nested base would
+    apply it (Keras 3 passes the outer flag down); our wrapped base must give the same features every call."""
+    import keras
+
+    from pipeline.finetune_model import build_classifier
+
+    model = build_classifier("efficientnet_b0", 32, 3, weights=None, dropout=0.0)
+    plain = build_classifier("efficientnet_b0", 32, 3, weights=None, dropout=0.0, inference_base=False)
+    plain.set_weights(model.get_weights())
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    features = keras.Model(model.input, model.get_layer("head_pool").output)
+    plain_features = keras.Model(plain.input, plain.get_layer("head_pool").output)
+    first, second = (np.asarray(features(images, training=True)) for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, np.asarray(features(images, training=False)), rtol=1e-5, atol=1e-6)
+    # The hazard the wrapper removes: the plainly nested base is not deterministic in training mode.
+    assert not np.allclose(np.asarray(plain_features(images, training=True)),
+                           np.asarray(plain_features(images, training=True)))

@@ -32,8 +32,10 @@ class Precision(str, Enum):
     mixed = "mixed"
 
 
-def parse_concurrency(text: str) -> tuple[int, int]:
-    """'4' -> (4, 4) fixed pool; '1,8' -> autoscale between 1 and 8 actors."""
+def parse_concurrency(text: str) -> tuple[int, int] | None:
+    """'auto' -> None (as many as fit); '4' -> (4, 4) fixed pool; '1,8' -> autoscale between 1 and 8 actors."""
+    if text.strip().lower() == "auto":
+        return None
     try:
         parts = [int(p) for p in text.split(",")]
     except ValueError:
@@ -41,7 +43,7 @@ def parse_concurrency(text: str) -> tuple[int, int]:
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
-        raise UserError(f"--concurrency '{text}' should be N or MIN,MAX with 1 <= MIN <= MAX")
+        raise UserError(f"--concurrency '{text}' should be auto, N or MIN,MAX with 1 <= MIN <= MAX")
     return parts[0], parts[1]
 
 
@@ -55,10 +57,12 @@ def label_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     batches_per_task: Annotated[int, typer.Option(
         min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = 4,
-    concurrency: Annotated[str, typer.Option(help="Predictor actors: N, or MIN,MAX to autoscale.")] = "1",
+    concurrency: Annotated[str, typer.Option(
+        help="Predictor actors: auto (one per GPU share, or per CPU core with room for decoding), N, or MIN,MAX to autoscale.")] = "auto",
     num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = 0.0,
-    cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = 1.0,
-    cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each predictor actor.")] = 1.0,
+    cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = 0.25,
+    cpus_per_actor: Annotated[float, typer.Option(
+        min=0.01, help="CPUs reserved by each predictor actor (CPU actors run TensorFlow on that many threads, at least 1).")] = 0.75,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a previous run in OUTPUT; skip paths already written.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results already in OUTPUT.")] = False,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,

@@ -26,13 +26,16 @@ class Predictor:
 
     def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
                  storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
-                 settings: ModelSettings | None = None):
+                 settings: ModelSettings | None = None, cpu_threads: int | None = None):
         from pipeline.models.shipping import receive
         from pipeline.ray_session import quiet_tensorflow
 
         quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
         import tensorflow as tf
 
+        if cpu_threads:  # a CPU actor computes on its own share of cores, not on all of them at once
+            tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)  # fractional-GPU actors share a card
         if precision == "mixed":

@@ -131,6 +131,8 @@ def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
     assert shown.output.startswith("8 rows, 3 errors")
     assert "espresso" in shown.output and "least confident:" in shown.output
     assert "zero.jpg: empty file" in shown.output
+    assert "run manifest" in shown.output and "model: efficientnet_lite0" in shown.output
+    assert "top_k: 5" in shown.output and "weights_digest: sha256:" in shown.output
     only_errors = runner.invoke(app, ["show", str(out), "--errors"])
     assert "label counts" not in only_errors.output and "notes.png: not an image" in only_errors.output
     espresso = runner.invoke(app, ["show", str(out), "--label", "espresso"])

@@ -44,22 +44,32 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    max_error_rate: Annotated[Optional[float], typer.Option(
+        help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = None,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", help="With --resume: label again the images whose rows hold an error.")] = False,
+    force_unlock: Annotated[bool, typer.Option(
+        "--force-unlock", help="Take OUTPUT's lease from a run that was killed, without waiting for it to expire.")] = False,
+    lease_seconds: Annotated[float, typer.Option(
+        help="A run's lease on OUTPUT expires this long after its last heartbeat.", hidden=True)] = 60.0,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options
     from pipeline.label import LabelConfig, run_label_job
+    from pipeline.label.config import mode_from_flags
     from pipeline.storage import storage_options as current_options
 
     with user_errors():
-        if resume and overwrite:
-            raise UserError("--resume and --overwrite exclude each other")
+        mode = mode_from_flags(resume, overwrite)
         apply_storage_options(storage_options)
         config = LabelConfig(
             source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
             batches_per_task=batches_per_task,
             concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
-            cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
+            cpus_per_actor=cpus_per_actor, mode=mode,
             address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
+            max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
+            lease_seconds=lease_seconds,
         )
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))
@@ -76,10 +86,12 @@ def show_command(
 ) -> None:
     """Print label counts, the least confident rows and the errors of a labeling job's OUTPUT."""
     from pipeline.cli.options import apply_storage_options
+    from pipeline.label.manifest import read_manifest
     from pipeline.results import read_results, summarize
 
     with user_errors():
         apply_storage_options(storage_options)
+        manifest = read_manifest(output)
         summary = summarize(read_results(output), label=label, min_score=min_score, limit=limit)
     typer.echo(f"{summary.rows} rows, {summary.errors} errors")
     if not errors:
@@ -92,3 +104,7 @@ def show_command(
     typer.echo("\nerrors:" if summary.errors else "\nerrors: none")
     for row in summary.error_rows.itertuples():
         typer.echo(f"  {row.path}: {row.error}")
+    if manifest is not None:
+        typer.echo("\nrun manifest (what every row was made with):")
+        for line in manifest.lines():
+            typer.echo(f"  {line}")

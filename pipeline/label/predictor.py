@@ -20,11 +20,18 @@ class Predictor:
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)  # fractional-GPU actors share a card
 
+        import keras
+
         from pipeline.inference import CompiledClassifier
+        from pipeline.label.manifest import weights_digest
         from pipeline.models.loading import load_model
 
         storage.set_storage_options(storage_options)
-        self.classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
+        if weights == "none":
+            keras.utils.set_random_seed(0)  # the same random weights in every actor: rows stay comparable
+        loaded = load_model(model, weights)
+        self.weights_digest = weights_digest(loaded.keras_model)
+        self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size)
         self.model_name = self.classifier.loaded.name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -46,6 +53,7 @@ class Predictor:
                 "top_scores": [scores[i].tolist() if ok[i] else [] for i in range(n)],
                 "top_ids": [ids[i].tolist() if ok[i] else [] for i in range(n)],
                 "model": [self.model_name] * n,
+                "weights_digest": [self.weights_digest] * n,
                 "error": errors,
             },
             schema=SCHEMA,

@@ -52,6 +52,12 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _precondition_failed(err: BaseException) -> bool:
+    """S3's answer to a conditional PUT that lost (412 PreconditionFailed; s3fs raises it as an OSError)."""
+    text = f"{err} {err.__cause__ or ''}".lower()
+    return any(s in text for s in ("precondition", "pre-condition", "412", "already exists"))
+
+
 class LeaseStore:
     """Exclusive create, read and compare-and-swap of the lease file on one storage."""
 
@@ -92,8 +98,10 @@ class LeaseStore:
             return True
         try:
             self.fs.pipe_file(self.path, data, mode="create")
-        except (FileExistsError, OSError) as err:
-            if isinstance(err, FileExistsError) or "Precondition" in str(err) or "exists" in str(err).lower():
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if _precondition_failed(err):
                 return False
             raise
         return True
@@ -105,7 +113,7 @@ class LeaseStore:
             try:
                 self.fs.pipe_file(self.path, data, IfMatch=version)
             except OSError as err:
-                if "Precondition" in str(err) or "412" in str(err):
+                if _precondition_failed(err):
                     return False
                 raise
             return True

@@ -23,7 +23,7 @@ from pipeline.label.lease import Lease
 from pipeline.results import LEASE_NAME
 
 runner = CliRunner()
-N_COPIES = 12  # x 4 photos = 48 images
+N_COPIES = 25  # x 4 photos = 100 images: the first run is still going while the others try
 
 
 @pytest.fixture()
@@ -63,6 +63,7 @@ def test_second_run_is_refused_while_first_writes_and_after_kill9_until_force_un
         assert second.returncode == 2, second.stderr[-2000:]
         assert "being written by another run" in second.stderr and f":{first.pid} since" in second.stderr
         assert second.stderr.count("\n") == 1, second.stderr  # one actionable line
+        assert first.poll() is None, "the first run ended before it could be killed"
         os.killpg(first.pid, signal.SIGKILL)  # kill -9: no release, the lease stays behind
         first.wait(30)
     finally:

@@ -1,8 +1,8 @@
 """Turn image bytes into a model's input: RGB uint8, oriented, resized. The only decoder.
 
-Resizing squashes the whole image to the model's square size with bilinear
-(antialiased) filtering, as Keras's ``load_img``/``image_dataset_from_directory``
-do: nothing is cropped away (a label job must see the whole picture), and
+Resizing squashes the whole image to the model's square size with an
+antialiased (area) filter, like Keras's ``load_img``/``image_dataset_from_directory``
+squash: nothing is cropped away (a label job must see the whole picture), and
 fine-tuning and labeling see identical pixels because both call this module.
 Every failure is an ``ImageError`` with a short reason a batch job stores in its
 ``error`` column; nothing else escapes ``decode_or_error``.
@@ -14,7 +14,9 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -67,30 +69,26 @@ class DecodeResult:
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` to an RGB uint8 array of shape (height, width, 3) = (*size, 3).
 
-    Raises an ``ImageError`` subclass for anything that is not a usable image.
+    Baseline RGB and greyscale JPEGs (most photos) go through libjpeg-turbo with
+    DCT-domain downscaling (simplejpeg); every other file, and any JPEG libjpeg-turbo
+    refuses, through Pillow. Both paths apply EXIF orientation and end in the same
+    area resize. Raises an ``ImageError`` subclass for anything that is not a usable image.
     """
     if not data:
         raise EmptyImageError("the file has zero bytes")
-    height, width = size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels}"
                 )
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)  # animated: the first frame
-            if image.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while still >= the target size.
-                side = max(height, width)
-                image.draft("RGB", (side, side))
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                pixels = _decode_jpeg_turbo(data, size, _orientation(image))
+                if pixels is not None:
+                    return pixels
+            return _decode_with_pillow(image, size)
     except ImageError:
         raise
     except UnidentifiedImageError as err:
@@ -103,6 +101,47 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
         raise UnreadableImageError(f"{type(err).__name__}: {err}") from err
 
 
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block means "upright", as viewers treat it
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int) -> np.ndarray | None:
+    """libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8) still >= the target; None to fall back."""
+    height, width = size
+    if orientation >= 5:  # stored sideways: the stored height becomes the shown width
+        height, width = width, height
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
+    except ValueError:
+        return None  # truncated, arithmetic-coded, ...: Pillow decides (and names the error)
+    return _orient(resize(pixels, (height, width)), orientation)
+
+
+def _decode_with_pillow(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated: the first frame
+    if image.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while still >= the target size.
+        side = max(size)
+        image.draft("RGB", (side, side))
+    image = ImageOps.exif_transpose(image)
+    return resize(np.asarray(_to_rgb(image), dtype=np.uint8), size)
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Squash an (h, w, 3) uint8 array to ``size`` = (height, width): area averaging when shrinking
+    (antialiased, no moire), bilinear when enlarging."""
+    height, width = size
+    if pixels.shape[:2] == (height, width):
+        return np.ascontiguousarray(pixels)
+    shrinking = pixels.shape[0] >= height and pixels.shape[1] >= width
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeResult:
     """``decode_image`` for batch jobs: never raises, returns the image or the error text."""
     try:
@@ -113,6 +152,24 @@ def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int =
         return DecodeResult(None, str(err))
     except Exception as err:  # noqa: BLE001 - a batch must survive any single input
         return DecodeResult(None, f"unreadable: {type(err).__name__}: {err}")
+
+
+# EXIF orientation -> the numpy view that shows the image upright (as ``ImageOps.exif_transpose``).
+EXIF_ORIENTATION = 0x0112
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    return np.ascontiguousarray(_ORIENT[orientation](pixels))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

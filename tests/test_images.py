@@ -148,3 +148,56 @@ def test_classify_reports_errors_per_image(photos, tmp_path):
     assert results[0].label == "espresso"
     assert results[1].error.startswith("empty file")
     assert results[2].error.startswith("not found")
+
+
+def _pillow_reference(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The pixels the previous decoder aimed at: full Pillow decode, EXIF upright, antialiased bilinear squash."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def _real_photos_as_jpeg_and_png(skimage_data) -> dict[str, bytes]:
+    blobs = {}
+    for path in sorted(skimage_data.glob("*")):
+        if path.suffix.lower() not in (".png", ".jpg") or path.stat().st_size < 20_000:
+            continue
+        image = Image.open(path)
+        if image.mode not in ("RGB", "RGBA"):
+            continue
+        blobs[path.name] = path.read_bytes()
+        blobs[path.stem + ".q90.jpg"] = _encode(image.convert("RGB"), "JPEG", quality=90)
+    return blobs
+
+
+def test_fast_decoder_pixels_stay_within_tolerance_of_pillow(skimage_data):
+    blobs = _real_photos_as_jpeg_and_png(skimage_data)
+    assert len(blobs) >= 20
+    for name, data in blobs.items():
+        ours = decode_image(data, SIZE).astype(np.int16)
+        reference = _pillow_reference(data, SIZE).astype(np.int16)
+        assert np.abs(ours - reference).mean() < 4.0, name
+
+
+def test_fast_decoder_keeps_the_labels_of_real_photos(skimage_data, lite0):
+    from pipeline.inference import CompiledClassifier
+
+    blobs = _real_photos_as_jpeg_and_png(skimage_data)
+    classifier = CompiledClassifier(lite0, top_k=1)
+    ours = classifier.predict(np.stack([decode_image(d, SIZE) for d in blobs.values()]))
+    reference = classifier.predict(np.stack([_pillow_reference(d, SIZE) for d in blobs.values()]))
+    changed = [name for name, a, b in zip(blobs, ours.ids[:, 0], reference.ids[:, 0]) if a != b]
+    confident = reference.scores[:, 0] > 0.3
+    assert not [n for n, c in zip(blobs, confident) if c and n in changed], changed
+    assert len(changed) <= 2, changed  # only photos the model itself is unsure about may flip
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(cat, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(cat.resize((300, 200)), "JPEG", quality=95, exif=exif.tobytes())
+    ours = decode_image(data, (64, 96)).astype(np.int16)
+    assert ours.shape == (64, 96, 3)
+    assert np.abs(ours - _pillow_reference(data, (64, 96))).mean() < 4.0

@@ -23,7 +23,8 @@ from pipeline.results import MANIFEST_NAME, TMP_PREFIX
 
 MANIFEST_FORMAT = 1
 # How feed.py/images.py turn a file into model input; change it when the decoder's output changes.
-RESIZE = "RGB, EXIF-oriented, first frame, bilinear to size x size (aspect ratio not kept)"
+RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect ratio not kept), "
+          "area averaging when shrinking, bilinear when enlarging; JPEGs DCT-scaled first")
 # Fields that, when they differ, would give rows that are not comparable with the ones already written.
 COMPARED = ("model", "weights", "weights_digest", "top_k", "input_size", "resize", "package_version", "source")
 

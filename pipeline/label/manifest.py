@@ -26,7 +26,9 @@ MANIFEST_FORMAT = 1
 RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect ratio not kept), "
           "area averaging when shrinking, bilinear when enlarging; JPEGs DCT-scaled first")
 # Fields that, when they differ, would give rows that are not comparable with the ones already written.
-COMPARED = ("model", "weights", "weights_digest", "top_k", "input_size", "resize", "package_version", "source")
+# The source is recorded, not compared: it decides which images, not what their rows hold, so a resume
+# may finish a job from another listing of the same images (a list file of the ones left, say).
+COMPARED = ("model", "weights", "weights_digest", "top_k", "input_size", "resize", "package_version")
 
 
 def package_version() -> str:
@@ -53,7 +55,7 @@ class RunManifest:
     weights: str  # imagenet | none | weights file path/URL, as given
     top_k: int  # classes kept per row
     input_size: int  # images are resized to input_size x input_size
-    source: str  # SOURCE as given
+    source: str  # SOURCE of the run that created OUTPUT, as given
     weights_digest: str | None = None  # sha256 of the loaded weights; known once the first rows arrive
     resize: str = RESIZE
     package_version: str = field(default_factory=package_version)

@@ -193,34 +193,6 @@ class Cluster:
             time.sleep(poll)
 
 
-def job_command(job: str):
-    """The click command behind ``pipeline <job>``: the very parser jobs/<job>.py runs."""
-    import typer
-
-    from pipeline.cli import app
-
-    group = typer.main.get_command(app)
-    command = group.commands.get(job) if hasattr(group, "commands") else None
-    if command is None:
-        raise UserError(f"'pipeline {job}' is not available in this installation")
-    return command
-
-
-def validate_job_args(job: str, args: Sequence[str]) -> None:
-    """Parse ARGS with the job's real parser (without running it): a typo fails here, not on the cluster."""
-    import typer
-
-    command = job_command(job)
-    try:
-        with command.make_context(f"pipeline submit {job}", list(args), resilient_parsing=False):
-            pass
-    except typer.Exit:
-        raise UserError(f"'--help' is not passed to the job; see 'pipeline {job} --help'") from None
-    except typer.TyperException as err:  # typer's click: NoSuchOption, MissingParameter, BadParameter, ...
-        message = err.format_message() if hasattr(err, "format_message") else str(err)
-        raise UserError(f"{message} (arguments of 'pipeline {job}'; see 'pipeline {job} --help')") from None
-
-
 def project_root() -> Path:
     """The source tree shipped as the job's working_dir: the folder holding pipeline/ and jobs/."""
     import pipeline
@@ -235,15 +207,6 @@ def project_root() -> Path:
 def job_entrypoint(job: str, args: Sequence[str]) -> str:
     """``python jobs/<job>.py ARGS`` as one shell-quoted command line."""
     return shlex.join(["python", JOB_SCRIPTS[job], *args])
-
-
-def with_cluster_address(job: str, args: Sequence[str]) -> list[str]:
-    """Make the job join the cluster it runs on (RAY_ADDRESS, set by Ray) instead of starting its own Ray."""
-    args = list(args)
-    takes_address = any("--address" in getattr(p, "opts", ()) for p in job_command(job).params)
-    if takes_address and not any(a == "--address" or a.startswith("--address=") for a in args):
-        args += ["--address", "auto"]
-    return args
 
 
 def build_runtime_env(working_dir: Path, extra: dict | None = None,
@@ -275,11 +238,12 @@ def forwarded_env(names_or_pairs: Sequence[str]) -> dict[str, str]:
 def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | None = None,
            runtime_env: dict | None = None, env: Sequence[str] = (),
            submission_id: str | None = None) -> tuple[Cluster, str]:
-    """Validate ARGS locally, connect, upload the project and start ``python jobs/<job>.py ARGS``."""
+    """Connect, upload the project and start ``python jobs/<job>.py ARGS``.
+
+    ARGS are passed as given; ``pipeline.cli.job_args.prepared_job_args`` checks them first on the CLI path.
+    """
     if job not in JOB_SCRIPTS:
         raise UserError(f"unknown job '{job}'; choose one of {', '.join(JOB_SCRIPTS)}")
-    args = with_cluster_address(job, args)
-    validate_job_args(job, args)
     root = Path(working_dir).resolve() if working_dir else project_root()
     if not (root / JOB_SCRIPTS[job]).is_file():
         raise UserError(f"{root / JOB_SCRIPTS[job]} does not exist; --working-dir must be the project root")

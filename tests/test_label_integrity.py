@@ -278,3 +278,17 @@ def test_part_upload_interrupted_never_publishes_a_partial_object(monkeypatch):
         assert interrupted >= 3, "the interrupt never hit a flush"
         # An interrupt that lands after the PUT left may still publish: whole, as checked above.
         assert 6 - interrupted <= len(published) <= 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+    (["--retry-errors"], "pass it with --resume"),
+    (["--max-error-rate", "0"], "--max-error-rate 0.0 should be"),
+    (["--concurrency", "4,2"], "MIN,MAX"),
+])
+def test_submit_applies_the_label_config_checks_before_contacting_a_cluster(photo_dir, tmp_path, args, message):
+    result = runner.invoke(app, ["submit", "label", "--address", "http://127.0.0.1:9", str(photo_dir),
+                                 str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    direct = runner.invoke(app, ["label", str(photo_dir), str(tmp_path / "out"), *args])
+    assert direct.exit_code == 2 and message in direct.output, direct.output

@@ -24,6 +24,30 @@ def parse_concurrency(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def label_config(source: str, output: str, model: str, weights: str, top_k: int, batch_size: int,
+                 batches_per_task: int, concurrency: str, num_gpus: float, cpus_per_decode: float,
+                 cpus_per_actor: float, resume: bool, overwrite: bool, address: Optional[str],
+                 limit: Optional[int], rows_per_file: int, storage_options: Optional[str],
+                 max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
+                 lease_seconds: float, **_: object):
+    """The LabelConfig the parsed options describe (no side effects): 'pipeline submit' checks it too."""
+    from pipeline.cli.options import parse_json_object
+    from pipeline.label import LabelConfig
+    from pipeline.label.config import mode_from_flags
+    from pipeline.storage import storage_options as current_options
+
+    options = parse_json_object(storage_options, "--storage-options", "{}")
+    return LabelConfig(
+        source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
+        batches_per_task=batches_per_task, concurrency=parse_concurrency(concurrency), num_gpus=num_gpus,
+        cpus_per_decode=cpus_per_decode, cpus_per_actor=cpus_per_actor, mode=mode_from_flags(resume, overwrite),
+        address=address, limit=limit, rows_per_file=rows_per_file,
+        storage_options=options if options is not None else current_options(),
+        max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
+        lease_seconds=lease_seconds,
+    )
+
+
 @app.command("label")
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
@@ -55,22 +79,11 @@ def label_command(
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options
-    from pipeline.label import LabelConfig, run_label_job
-    from pipeline.label.config import mode_from_flags
-    from pipeline.storage import storage_options as current_options
+    from pipeline.label import run_label_job
 
     with user_errors():
-        mode = mode_from_flags(resume, overwrite)
-        apply_storage_options(storage_options)
-        config = LabelConfig(
-            source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
-            batches_per_task=batches_per_task,
-            concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
-            cpus_per_actor=cpus_per_actor, mode=mode,
-            address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
-            max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
-            lease_seconds=lease_seconds,
-        )
+        apply_storage_options(storage_options)  # also reaches this process's storage layer
+        config = label_config(**locals())
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))
 

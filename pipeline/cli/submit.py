@@ -33,12 +33,13 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _submit(job: str, ctx: typer.Context, address: str, wait: bool, working_dir: Optional[str],
             runtime_env: Optional[str], env: Optional[list[str]], submission_id: Optional[str]) -> None:
+    from pipeline.cli.job_args import prepared_job_args
     from pipeline.cli.options import parse_json_object
     from pipeline.submit import raise_for_status, submit
 
     with user_errors():
         extra_env = parse_json_object(runtime_env, "--runtime-env", '{"pip": ["s3fs==2024.6.1"]}')
-        cluster, job_id = submit(job, ctx.args, address, working_dir=working_dir, runtime_env=extra_env,
+        cluster, job_id = submit(job, prepared_job_args(job, ctx.args), address, working_dir=working_dir, runtime_env=extra_env,
                                  env=env or (), submission_id=submission_id)
         typer.echo(job_id)
         typer.echo(f"submitted {job} job {job_id} to {cluster.address}; follow it with "

@@ -292,3 +292,22 @@ def test_submit_applies_the_label_config_checks_before_contacting_a_cluster(phot
     assert result.exit_code == 2 and message in result.output, result.output
     direct = runner.invoke(app, ["label", str(photo_dir), str(tmp_path / "out"), *args])
     assert direct.exit_code == 2 and message in direct.output, direct.output
+
+
+def test_resume_with_other_weights_under_the_same_name_is_refused_before_a_row_is_written(
+        photo_dir, tmp_path, lite0, local_ray):
+    weights = tmp_path / "lite0.weights.h5"
+    lite0.keras_model.save_weights(str(weights))
+    out = tmp_path / "out"
+    assert _small_run(photo_dir / "coffee.png", out, "--weights", str(weights)).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    original = [w.copy() for w in lite0.keras_model.get_weights()]
+    try:
+        lite0.keras_model.set_weights([w * 1.01 for w in original])
+        lite0.keras_model.save_weights(str(weights))  # same path, other contents
+    finally:
+        lite0.keras_model.set_weights(original)
+    resumed = _small_run(photo_dir, out, "--resume", "--weights", str(weights))
+    assert resumed.exit_code == 2, resumed.output
+    assert "different file contents" in resumed.output and "nothing more was written" in resumed.output
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -24,7 +24,7 @@ class TopK:
 class CompiledClassifier:
     """Runs a LoadedModel on whole batches with one traced graph."""
 
-    def __init__(self, loaded: LoadedModel, top_k: int = 5, batch_size: int = 32):
+    def __init__(self, loaded: LoadedModel, top_k: int = 5, batch_size: int = 32, jit_compile: bool = False):
         import tensorflow as tf
 
         self.loaded = loaded
@@ -33,7 +33,8 @@ class CompiledClassifier:
         size = loaded.input_size
         model, preprocess, k = loaded.keras_model, loaded.preprocess_input, self.top_k
 
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True)
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True,
+                     jit_compile=jit_compile or None)  # XLA: fused kernels, compiled once per batch shape
         def forward(images):
             probabilities = model(preprocess(tf.cast(images, tf.float32)), training=False)
             result = tf.math.top_k(tf.cast(probabilities, tf.float32), k=k)

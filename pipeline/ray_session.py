@@ -14,8 +14,11 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     """Connect to ``address``; disconnect at the end.
+
+    Unless ``verbose``, the console shows the job's own lines only: workers' output (TensorFlow's
+    start-up chatter), Ray's warnings and its C++ core's log lines stay in Ray's log files.
 
     With no address: inside a Ray job (``RAY_ADDRESS`` set by the job server) join that cluster,
     else start a fresh local Ray -- ``"local"``, never attaching to a cluster that a ``ray start``
@@ -26,10 +29,12 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 logging_level=logging.WARNING,
-                 log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+                 logging_level=logging.WARNING if verbose else logging.ERROR,
+                 log_to_driver=verbose, runtime_env={"env_vars": WORKER_ENV})
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "
                         "(e.g. 'ray://HEAD:10001' or 'HEAD:6379' from inside the cluster)") from err

@@ -44,6 +44,7 @@ class S3FaultProxy:
         self.refused = 0  # answered 503 SlowDown
         self.dropped = 0  # connections closed without an answer
         self._outage_until = 0.0
+        self._outage_only = ""  # only requests whose path contains this are refused ("" = all)
         self._drop = 0
         self._lock = threading.Lock()
         self.port = free_port()
@@ -54,8 +55,9 @@ class S3FaultProxy:
         self._session: ClientSession | None = None
 
     # -- faults ---------------------------------------------------------------------------------
-    def outage(self, seconds: float) -> None:
-        """Answer every request with 503 SlowDown for the next ``seconds``."""
+    def outage(self, seconds: float, only: str = "") -> None:
+        """Answer requests with 503 SlowDown for the next ``seconds``: all, or those whose path contains ``only``."""
+        self._outage_only = only
         self._outage_until = time.monotonic() + seconds
 
     def drop_next(self, count: int) -> None:
@@ -102,7 +104,7 @@ class S3FaultProxy:
         if drop:
             request.transport.close()  # the client sees its connection reset, no answer
             return web.Response(status=500)
-        if time.monotonic() < self._outage_until:
+        if time.monotonic() < self._outage_until and self._outage_only in request.path:
             with self._lock:
                 self.refused += 1
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +10,11 @@ import typer
 from pipeline.cli.app import app, user_errors
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    mixed = "mixed"
 
 
 def parse_concurrency(text: str) -> tuple[int, int]:
@@ -28,6 +34,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  batches_per_task: int, concurrency: str, num_gpus: float, cpus_per_decode: float,
                  cpus_per_actor: float, resume: bool, overwrite: bool, address: Optional[str],
                  limit: Optional[int], rows_per_file: int, storage_options: Optional[str],
+                 precision, xla: bool, read_retries: int, verbose: bool,
                  max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
                  lease_seconds: float, **_: object):
     """The LabelConfig the parsed options describe (no side effects): 'pipeline submit' checks it too."""
@@ -43,6 +50,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
         cpus_per_decode=cpus_per_decode, cpus_per_actor=cpus_per_actor, mode=mode_from_flags(resume, overwrite),
         address=address, limit=limit, rows_per_file=rows_per_file,
         storage_options=options if options is not None else current_options(),
+        precision=getattr(precision, "value", precision), xla=xla, read_retries=read_retries, verbose=verbose,
         max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
         lease_seconds=lease_seconds,
     )
@@ -68,6 +76,13 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    precision: Annotated[Precision, typer.Option(
+        help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
+    xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
+    read_retries: Annotated[int, typer.Option(
+        min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
+                    "what still fails is not stored and is left for --resume.")] = 5,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = False,
     max_error_rate: Annotated[Optional[float], typer.Option(
         help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = None,
     retry_errors: Annotated[bool, typer.Option(

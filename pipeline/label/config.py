@@ -11,6 +11,7 @@ from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 
 MODES = ("new", "resume", "overwrite")
+PRECISIONS = ("float32", "mixed")
 
 
 def mode_from_flags(resume: bool, overwrite: bool) -> str:
@@ -40,6 +41,11 @@ class LabelConfig:
     rows_per_file: int = 10_000  # rows per committed part file
     seconds_per_file: float = 30.0  # also commit at least this often
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+    precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
+    xla: bool = False  # compile the forward pass with XLA
+    read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
+    verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
+    progress: bool = True  # print the progress line while labeling
     max_error_rate: float | None = None  # stop early when more than this share of rows fail; None: never
     retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
     force_unlock: bool = False  # take OUTPUT's lease even if its holder's heartbeat has not expired
@@ -65,6 +71,8 @@ class LabelConfig:
         need(self.limit is None or self.limit >= 1, f"--limit {self.limit} should be at least 1")
         need(self.rows_per_file >= 1, f"--rows-per-file {self.rows_per_file} should be at least 1")
         need(self.seconds_per_file > 0, f"seconds per file {self.seconds_per_file} should be more than 0")
+        need(self.precision in PRECISIONS, f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        need(self.read_retries >= 0, f"--read-retries {self.read_retries} should be 0 or more")
         need(self.max_error_rate is None or 0 < self.max_error_rate <= 1,
              f"--max-error-rate {self.max_error_rate} should be a share between 0 (exclusive) and 1, e.g. 0.5")
         need(not self.retry_errors or self.mode == "resume",
@@ -87,12 +95,21 @@ class LabelSummary:
     ignored: int  # non-image files in SOURCE
     seconds: float
     retried: int = 0  # error rows removed for --retry-errors (their paths labeled again)
+    transient: int = 0  # images whose reads still failed after retries: not stored, left for --resume
+    startup_seconds: float = 0.0  # from the start to the first result (Ray, TensorFlow, model load)
+    steady_images_per_second: float = 0.0  # rate after the first result arrived
+    first_transient: str = ""  # "path: error" of the first image held back, for the message
 
     @property
     def images_per_second(self) -> float:
         return self.labeled / self.seconds if self.seconds > 0 else 0.0
 
     def line(self, output: str) -> str:
-        return (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
-                f"{self.skipped} already done) in {self.seconds:.1f} s: "
-                f"{self.images_per_second:.1f} images/s -> {output}")
+        line = (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
+                f"{self.skipped} already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} images/s")
+        if self.labeled:
+            line += (f" ({self.startup_seconds:.1f} s to the first result, "
+                     f"steady {self.steady_images_per_second:.1f} images/s)")
+        if self.transient:
+            line += f"; {self.transient} images not read (transient storage errors), left for --resume"
+        return f"{line} -> {output}"

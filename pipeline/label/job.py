@@ -19,22 +19,28 @@ import time
 from typing import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.label.config import LabelConfig, LabelSummary
-from pipeline.label.feed import read_and_decode
+from pipeline.label.feed import decode_task_memory, read_and_decode
 from pipeline.label.lease import Lease
 from pipeline.label.manifest import RunManifest
 from pipeline.label.output import PartWriter, check_writable, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
+from pipeline.label.progress import Progress
 from pipeline.listing import image_identity, list_images
 from pipeline.models.loading import check_model
 from pipeline.ray_session import ray_session
 
 
 def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
-    """Run the labeling job described by ``config``; UserError before any cluster work on bad input."""
+    """Run the labeling job described by ``config``; UserError before any cluster work on bad input.
+
+    Raises JobFailedError (after committing every row it could) when some images could not be
+    read because of transient storage errors: they are not stored, so ``--resume`` retries them.
+    """
     started = time.monotonic()
     config.validate()
     storage.set_storage_options(config.storage_options)
@@ -43,21 +49,27 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
-                         input_size=size, source=config.source)
+                         input_size=size, source=config.source, precision=config.precision, xla=config.xla)
     check_writable(config.output)
     with Lease.acquire(config.output, config.lease_seconds, config.force_unlock) as lease:
         if lease.taken_over is not None:
             progress(f"took over the lease of a run that stopped: {lease.taken_over.describe()}")
         state = prepare_output(config.output, config.mode, wanted, config.retry_errors)
         todo = [p for p in paths if image_identity(p) not in state.done]
-        summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0, state.retried)
+        summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0, retried=state.retried)
         progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
                  f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
         if todo:
             writer = PartWriter(config.output, state.manifest, config.rows_per_file, config.seconds_per_file,
                                 before_commit=lease.check)
-            _run_on_ray(config, todo, size, summary, writer)
+            _run_on_ray(config, todo, size, summary, writer, started)
     summary.seconds = time.monotonic() - started
+    if summary.transient:
+        progress(summary.line(config.output))
+        raise JobFailedError(f"{summary.transient} images could not be read after retries (transient storage "
+                             f"errors such as throttling, timeouts or 5xx; first: {summary.first_transient}); "
+                             f"nothing was stored for them and the other {summary.labeled} rows are committed: "
+                             "re-run with --resume to finish")
     return summary
 
 
@@ -86,13 +98,18 @@ MIN_ROWS_FOR_ERROR_RATE = 32  # rows seen before --max-error-rate judges (fewer:
 
 
 def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary,
-                writer: PartWriter) -> None:
-    with ray_session(config.address):
+                writer: PartWriter, started: float) -> None:
+    meter = Progress(len(todo), enabled=config.progress)
+    meter.started = started
+    with ray_session(config.address, verbose=config.verbose):
         try:
             for table in _prediction_stream(config, todo, size):
+                table = _hold_back_transient(table, summary)
                 writer.add(table)
+                errors = table.num_rows - table.column("error").null_count
                 summary.labeled += table.num_rows
-                summary.errors += table.num_rows - table.column("error").null_count
+                summary.errors += errors
+                meter.update(table.num_rows, errors)
                 stop = _error_rate_exceeded(config, summary, len(todo), table)
                 if stop:
                     writer.flush()  # keep what was answered: 'pipeline show --errors' lists the failures
@@ -104,10 +121,52 @@ def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelS
             print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
             raise JobFailedError(f"the labeling job failed after {summary.labeled} rows were committed "
                                  f"({type(err).__name__}); re-run with --resume to finish it") from err
+        finally:
+            meter.close()
+    summary.startup_seconds = meter.startup_seconds
+    summary.steady_images_per_second = meter.steady_rate()
+
+
+def _hold_back_transient(table: pa.Table, summary: LabelSummary) -> pa.Table:
+    """Drop the rows whose reads failed for a reason that may pass: they must not count as done."""
+    flags = table.column("transient")
+    held = pc.sum(flags).as_py() or 0
+    if held:
+        if not summary.transient:
+            first = table.filter(flags).slice(0, 1).to_pylist()[0]
+            summary.first_transient = f"{first['path']}: {first['error']}"
+        summary.transient += held
+        table = table.filter(pc.invert(flags))
+    return table.drop_columns(["transient"])
+
+
+def _quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's per-operator progress bars and execution logs, only with --verbose."""
+    import logging
+
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Iterator[pa.Table]:
-    """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables, streamed."""
+    """Result tables, streamed to the driver as the actors produce them."""
+    _quiet_ray_data(config.verbose)
+    return label_dataset(config, todo, size).iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def label_dataset(config: LabelConfig, todo: list[str], size: int):
+    """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables.
+
+    Decoding and inference are two operators that run at the same time: decode tasks on any
+    node's CPUs, predictor actors where their GPUs/CPUs are. Ray Data fuses a task map into
+    the next actor map when their remote args are equal, which would make each actor decode,
+    then predict, never both at once. Decode tasks declare the memory they hold (a batch of
+    pixels, the objects in flight), which the actors do not, so the two never fuse.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -119,19 +178,21 @@ def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Itera
     )
     dataset = dataset.map_batches(
         read_and_decode,
-        fn_kwargs={"size": size, "storage_options": config.storage_options},
+        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries},
         batch_size=task_size,
         batch_format="numpy",
         num_cpus=config.cpus_per_decode,
+        memory=decode_task_memory(task_size, size),
     )
     dataset = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
-                               "batch_size": config.batch_size, "storage_options": config.storage_options},
+                               "batch_size": config.batch_size, "storage_options": config.storage_options,
+                               "precision": config.precision, "xla": config.xla},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         num_gpus=config.num_gpus or None,
         num_cpus=config.cpus_per_actor,
     )
-    return dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    return dataset

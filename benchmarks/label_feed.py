@@ -1,0 +1,203 @@
+"""Is the model fed at the machine's speed? `pipeline label` against a tuned single-process tf.data loop.
+
+    python benchmarks/label_feed.py --model mobilenet_v2 --images 1500 6000 [--s3-images 600]
+
+Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up counts on both sides:
+- peer: one process, `read_file -> decode_jpeg -> resize -> batch -> prefetch -> compiled forward pass`
+  (tf.data with AUTOTUNE parallelism), the loop a user would write instead of this tool;
+- `pipeline label` on a local Ray: wall time, start-up seconds and steady images/s from its summary;
+- the machine's limit: cores / (core-seconds of one image's forward pass + its decode), both measured
+  here with process CPU time, and the steady rate as a fraction of it;
+- with --s3-images: the same job reading from S3 (moto on loopback) behind a proxy adding 25 ms to
+  every request, against local disk.
+Models run with `--weights none` unless they have offline weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from label_throughput import make_photos  # noqa: E402
+
+PEER = r'''
+import sys, time, json
+start = time.perf_counter()
+import tensorflow as tf
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+files, model, weights, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+paths = [l.strip() for l in open(files)]
+loaded = load_model(model, weights)
+size = loaded.input_size
+classifier = CompiledClassifier(loaded, top_k=5, batch_size=batch)
+def load(path):
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    return tf.cast(tf.image.resize(image, (size, size), antialias=True), tf.uint8)
+data = (tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch).prefetch(tf.data.AUTOTUNE))
+rows = 0
+for images in data:
+    ids, scores = classifier._forward(images)
+    rows += int(ids.shape[0])
+print(json.dumps({"rows": rows, "wall": time.perf_counter() - start}))
+'''
+
+
+def run_peer(files: list[str], model: str, weights: str, batch: int, work: Path) -> dict:
+    listing = work / "peer-list.txt"
+    listing.write_text("\n".join(files))
+    out = subprocess.run([sys.executable, "-c", PEER, str(listing), model, weights, str(batch)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s .*?([\d.]+) s to the first result, steady ([\d.]+) images/s")
+
+
+def run_label(source: str, out: str, model: str, weights: str, extra: list[str], env: dict | None = None) -> dict:
+    cmd = [sys.executable, "-m", "pipeline", "label", source, out, "--model", model, "--weights", weights,
+           "--overwrite", *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline label failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    match = SUMMARY.search(proc.stdout)
+    if not match:
+        raise SystemExit(f"no summary line in:\n{proc.stdout}")
+    rows, seconds, startup, steady = match.groups()
+    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady)}
+
+
+def machine_limit(model: str, weights: str, folder: Path, batch: int) -> dict:
+    """Images/s the cores could do if they did nothing but decode and run the forward pass."""
+    from pipeline.images import decode_image
+    from pipeline.inference import CompiledClassifier
+    from pipeline.models.loading import load_model
+
+    classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
+    size = (classifier.loaded.input_size,) * 2
+    blobs = [f.read_bytes() for f in sorted(folder.iterdir())[: batch * 8]]
+    cpu = time.process_time()
+    pixels = np.stack([decode_image(b, size) for b in blobs])
+    decode_core = (time.process_time() - cpu) / len(blobs)
+    classifier.predict(pixels[:batch])  # trace once
+    cpu, wall = time.process_time(), time.perf_counter()
+    classifier.predict(pixels)
+    forward_core = (time.process_time() - cpu) / len(pixels)
+    ceiling = len(pixels) / (time.perf_counter() - wall)
+    cores = os.cpu_count() or 1
+    return {"decode_ms": decode_core * 1000, "forward_core_ms": forward_core * 1000, "ceiling": ceiling,
+            "limit": cores / (decode_core + forward_core), "cores": cores}
+
+
+STARTUP = r'''
+import sys, time, json
+t = time.perf_counter()
+import ray
+ray.init("local", include_dashboard=False, logging_level="ERROR")
+ray_init = time.perf_counter() - t
+ray.shutdown()
+t = time.perf_counter()
+import tensorflow as tf
+tf_import = time.perf_counter() - t
+import numpy as np
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+t = time.perf_counter()
+loaded = load_model(sys.argv[1], sys.argv[2])
+model_load = time.perf_counter() - t
+t = time.perf_counter()
+CompiledClassifier(loaded).predict(np.zeros((1, loaded.input_size, loaded.input_size, 3), np.uint8))
+trace = time.perf_counter() - t
+print(json.dumps({"ray_init": ray_init, "tf_import": tf_import, "model_load": model_load, "trace": trace}))
+'''
+
+
+def startup_breakdown(model: str, weights: str) -> dict:
+    """Seconds of each start-up step, measured one after the other in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", STARTUP, model, weights], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float) -> None:
+    import s3fs
+    from s3_proxy import fault_proxy, moto_s3
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    files = sorted(folder.iterdir())[:count]
+    with moto_s3() as endpoint, fault_proxy(endpoint, latency=latency) as proxy, \
+            tempfile.TemporaryDirectory() as tmp:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir("bench-photos")
+        for f in files:
+            fs.put_file(str(f), f"bench-photos/in/{f.name}")
+        local_dir = Path(tmp) / "in"
+        local_dir.mkdir()
+        for f in files:
+            os.link(f, local_dir / f.name)
+        local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
+        options = json.dumps({"client_kwargs": {"endpoint_url": proxy.url}})
+        remote = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
+                           [*extra, "--storage-options", options])
+        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: wall {remote['wall']:.1f} s, steady "
+              f"{remote['steady']:.1f} img/s ({proxy.requests} requests) vs local disk wall {local['wall']:.1f} s, "
+              f"steady {local['steady']:.1f} img/s: S3/local = {local['wall'] / remote['wall']:.2f} (wall), "
+              f"{remote['steady'] / local['steady']:.2f} (steady)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--images", type=int, nargs="+", default=[1500])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--s3-images", type=int, default=0, help="also compare S3 with added latency")
+    parser.add_argument("--latency", type=float, default=0.025, help="seconds added to every S3 request")
+    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("label_args", nargs="*", help="extra `pipeline label` flags, after --")
+    args = parser.parse_args()
+    weights = "imagenet" if args.model.startswith("efficientnet_lite") else "none"
+    extra = ["--batch-size", str(args.batch_size), *args.label_args]
+    with tempfile.TemporaryDirectory(prefix="label-feed-") as tmp:
+        work = Path(tmp)
+        photos = work / "photos"
+        make_photos(photos, max(args.images + [args.s3_images]))
+        limit = machine_limit(args.model, weights, photos, args.batch_size)
+        print(f"{args.model}: decode {limit['decode_ms']:.2f} core-ms/image, forward pass "
+              f"{limit['forward_core_ms']:.2f} core-ms/image (compiled ceiling {limit['ceiling']:.1f} img/s); "
+              f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s", flush=True)
+        steps = startup_breakdown(args.model, weights)
+        print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
+        for n in args.images:
+            subset = work / f"n{n}"
+            subset.mkdir()
+            for f in sorted(photos.iterdir())[:n]:
+                os.link(f, subset / f.name)
+            label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
+            line = (f"N={n}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to the first result, "
+                    f"steady {label['steady']:.1f} img/s = {label['steady'] / limit['limit']:.2f}x the machine limit)")
+            if not args.skip_peer:
+                peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
+                                args.batch_size, work)
+                line += f"; tf.data loop {peer['wall']:.1f} s; pipeline/peer = {peer['wall'] / label['wall']:.2f}x"
+            print(line, flush=True)
+        if args.s3_images:
+            s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency)
+
+
+if __name__ == "__main__":
+    main()

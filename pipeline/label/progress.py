@@ -1,0 +1,82 @@
+"""One progress line a person can read, counted in images, with rate and ETA.
+
+On a terminal the line is redrawn in place a few times a second; in a log (a
+submitted job, CI, a pipe) a new line is printed every ``log_every`` seconds, so
+the log stays short. The rate is the steady rate since the first result arrived:
+start-up (Ray, TensorFlow, model load) is reported apart, not averaged in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """Tracks rows as they arrive and prints the progress line."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True, log_every: float = 10.0):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.interactive = enabled and self.stream.isatty()
+        self.log_every = log_every
+        self.started = time.monotonic()
+        self.first_result: float | None = None  # when the first rows arrived
+        self.first_rows = 0  # rows in that first arrival (they did not take steady time)
+        self.last_result: float | None = None  # when the latest rows arrived
+        self.done = 0
+        self.errors = 0
+        self._last_print = 0.0
+
+    @property
+    def startup_seconds(self) -> float:
+        return (self.first_result or time.monotonic()) - self.started
+
+    def steady_rate(self, now: float | None = None) -> float:
+        """Images/s from the first result to ``now`` (default: the latest result); 0 until measurable."""
+        if self.first_result is None:
+            return 0.0
+        elapsed = (now or self.last_result) - self.first_result
+        return (self.done - self.first_rows) / elapsed if elapsed > 0 and self.done > self.first_rows else 0.0
+
+    def update(self, rows: int, errors: int) -> None:
+        now = time.monotonic()
+        if self.first_result is None:
+            self.first_result, self.first_rows = now, rows
+        self.done += rows
+        self.errors += errors
+        self.last_result = now
+        measurable = self.interactive or self.steady_rate(now) > 0  # a log line without a rate says nothing
+        if self.enabled and measurable and now - self._last_print >= (0.25 if self.interactive else self.log_every):
+            self._last_print = now
+            self._print(self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        rate = self.steady_rate(now)
+        share = self.done / self.total if self.total else 1.0
+        eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
+        return (f"{self.done:,}/{self.total:,} images ({share:.0%}), {rate:.1f} images/s, ETA {eta}, "
+                f"{self.errors:,} errors")
+
+    def close(self) -> None:
+        if self.interactive and self._last_print:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _print(self, line: str) -> None:
+        if self.interactive:
+            self.stream.write(f"\r{line}\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()

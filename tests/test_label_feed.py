@@ -1,0 +1,171 @@
+"""The labeling job's feed: decoding beside inference, concurrent reads, transient vs permanent errors, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.label.config import LabelConfig
+from pipeline.label.feed import read_and_decode
+from pipeline.label.progress import Progress
+from s3_proxy import fault_proxy, moto_s3
+
+runner = CliRunner()
+BUCKET = "feed-bucket"
+
+
+def test_decode_and_inference_are_separate_operators(photo_dir, tmp_path):
+    """Ray Data must not fuse the decode into the predictor actor, even with equal CPU reservations."""
+    from pipeline.label.job import label_dataset
+    from pipeline.ray_session import ray_session
+
+    paths = sorted(str(p) for p in photo_dir.iterdir())
+    plans = []
+    with ray_session(None):
+        for cpus in (1.0, 0.5):
+            config = LabelConfig(source=str(photo_dir), output=str(tmp_path / "out"), weights="none",
+                                 cpus_per_decode=cpus, cpus_per_actor=cpus)
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                label_dataset(config, paths, 224).explain()
+            plans.append(buffer.getvalue().split("Physical Plan (Optimized)")[-1])
+    for plan in plans:
+        assert "TaskPoolMapOperator[MapBatches(read_and_decode)]" in plan, plan
+        assert "ActorPoolMapOperator[MapBatches(Predictor)]" in plan, plan
+        assert "read_and_decode)->" not in plan, plan
+
+
+@pytest.fixture(scope="module")
+def s3_behind_proxy():
+    """moto on loopback, a fault proxy in front of it, and fsspec options that go through the proxy."""
+    import s3fs
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    with moto_s3() as endpoint, fault_proxy(endpoint) as proxy:
+        direct = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+        direct.mkdir(BUCKET)
+        # Few client-side retries, so an outage outlasts them quickly (real runs keep the defaults).
+        options = {"client_kwargs": {"endpoint_url": proxy.url},
+                   "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+        yield direct, proxy, options
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behind_proxy, photos):
+    direct, proxy, options = s3_behind_proxy
+    direct.put_file(str(photos["coffee"]), f"{BUCKET}/unit/coffee.png")
+    paths = [f"s3://{BUCKET}/unit/coffee.png", f"s3://{BUCKET}/unit/missing.png"]
+    batch = {"path": paths}
+
+    ok = read_and_decode(batch, 32, options, retries=0)
+    assert list(ok["transient"]) == [False, False]
+    assert ok["error"][0] == "" and ok["image"][0].std() > 10
+    assert ok["error"][1].startswith("not found")
+
+    proxy.outage(600, only=f"/{BUCKET}/unit/")
+    try:
+        started = time.monotonic()
+        failed = read_and_decode(batch, 32, options, retries=1)
+        waited = time.monotonic() - started
+    finally:
+        proxy.heal()
+    assert failed["transient"][0] and "unreadable after retries" in failed["error"][0]
+    assert waited >= 0.5  # one backoff round before giving up
+    assert proxy.refused >= 2
+
+
+def test_outage_longer_than_retries_stores_nothing_for_those_images_and_resume_finishes(
+        s3_behind_proxy, photos, tmp_path):
+    direct, proxy, options = s3_behind_proxy
+    for name, path in photos.items():
+        direct.put_file(str(path), f"{BUCKET}/in/{name}{path.suffix}")
+    direct.pipe_file(f"{BUCKET}/in/broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = str(tmp_path / "out")
+    args = ["label", f"s3://{BUCKET}/in", out, "--weights", "none", "--batch-size", "2",
+            "--batches-per-task", "1", "--storage-options", json.dumps(options), "--read-retries", "1"]
+
+    proxy.outage(600, only=f"/{BUCKET}/in/")  # every object read fails; listing still works
+    try:
+        failed = runner.invoke(app, args)
+    finally:
+        proxy.heal()
+    assert failed.exit_code == 1, failed.output
+    assert "5 images could not be read after retries" in failed.output
+    assert "--resume" in failed.output
+    stored = pd.read_parquet(out) if any(p.name.startswith("part-") for p in (tmp_path / "out").iterdir()) \
+        else pd.DataFrame(columns=["path", "error"])
+    assert len(stored) == 0  # nothing was committed as done: no error row for a transient failure
+
+    proxy.drop_next(3)  # a few connection resets on the way: the client's retries absorb them
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    frame = pd.read_parquet(out)
+    assert len(frame) == 5 and frame["path"].is_unique
+    errors = frame.set_index("path")["error"]
+    assert errors.drop(f"s3://{BUCKET}/in/broken.jpg").isna().all()
+    assert errors[f"s3://{BUCKET}/in/broken.jpg"].startswith(("truncated", "not an image", "unreadable"))
+    assert not frame["error"].fillna("").str.contains("after retries").any()
+
+
+def test_progress_line_counts_images_with_rate_and_eta():
+    stream = io.StringIO()
+    meter = Progress(1000, stream=stream, log_every=0.0)
+    meter.update(100, 0)  # the first arrival ends start-up
+    time.sleep(0.2)
+    meter.update(100, 3)
+    meter.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("200/1,000 images (20%), ")
+    assert "images/s, ETA " in lines[-1] and lines[-1].endswith("3 errors")
+    rate = meter.steady_rate()
+    assert 100 / 0.5 < rate < 100 / 0.15  # 100 rows over ~0.2 s: the first arrival is not in the rate
+    assert "\r" not in stream.getvalue()  # a log, not a terminal: whole lines
+
+
+def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):
+    """A real process, as a user runs it: the summary separates start-up from the steady rate."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pipeline", "label", str(photo_dir), str(tmp_path / "out"), "--weights",
+               "none", "--batch-size", "1", "--batches-per-task", "1"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    line = quiet.stdout.strip().splitlines()[-1]
+    assert line.startswith("labeled 4 images (0 errors")
+    assert " s to the first result, steady " in line
+    assert "Execution plan" not in quiet.stderr and "MapWorker" not in quiet.stderr, quiet.stderr
+    verbose = subprocess.run([*command, "--overwrite", "--verbose"], capture_output=True, text=True, timeout=600)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "Execution plan" in verbose.stderr and "MapWorker" in verbose.stderr
+
+
+def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
+    """--xla and --precision mixed reach the model (scores move by float rounding) and keep every label."""
+    runs = {}
+    for name, flags in {"default": [], "xla": ["--xla"], "mixed": ["--precision", "mixed"]}.items():
+        out = tmp_path / name
+        result = runner.invoke(app, ["label", str(photo_dir), str(out), "--top-k", "1", *flags])
+        assert result.exit_code == 0, result.output
+        runs[name] = pd.read_parquet(out).set_index("path").sort_index()
+    base = runs["default"]
+    assert base.loc[str(photo_dir / "coffee.png"), "label"] == "espresso"
+    for name in ("xla", "mixed"):
+        assert (runs[name]["label"] == base["label"]).all(), name
+        difference = (runs[name]["score"] - base["score"]).abs()
+        assert difference.max() < 0.05, name
+    assert (runs["mixed"]["score"] != base["score"]).any()  # float16 compute really ran

@@ -9,7 +9,8 @@ What we rely on to make the create exclusive:
 - other fsspec stores: ``pipe_file(mode="create")`` where the store implements it, else a
   check-then-write that is only best effort (said in the docs, not hidden).
 A run killed with ``kill -9`` stops its heartbeat: once ``ttl`` seconds pass without one the lease is
-expired and the next run takes it over; ``--force-unlock`` takes over a lease that has not expired yet.
+expired and the next run takes it over, at once when the holder ran on this machine and its process
+is gone; ``--force-unlock`` takes over a lease that has not expired yet (a holder on another machine).
 Before each commit the holder checks that the lease is still its own, so a run that lost it (paused
 past its ttl and taken over) stops instead of writing beside the new holder.
 """
@@ -30,6 +31,7 @@ from pipeline.errors import JobFailedError, UserError
 from pipeline.results import LEASE_NAME
 
 DEFAULT_TTL = 60.0  # seconds without a heartbeat after which a lease is expired
+_HELD_HERE: set[str] = set()  # tokens of the leases this process holds now
 
 
 @dataclass
@@ -42,6 +44,24 @@ class LeaseRecord:
 
     def expired(self, now: float | None = None) -> bool:
         return (now or time.time()) - self.heartbeat > self.ttl
+
+    def holder_gone(self) -> bool:
+        """True when the holder ran on this machine and is known dead, so no need to wait for expiry:
+        its process no longer exists, or it is this process and no Lease here holds that token
+        (a run whose release failed, e.g. during a storage outage)."""
+        host, _, pid_text = self.holder.rpartition(":")
+        if host != socket.gethostname() or not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return self.token not in _HELD_HERE
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self) -> str:
         age = time.time() - self.heartbeat
@@ -170,6 +190,7 @@ class Lease:
         self.version = version
         self.taken_over = taken_over  # the expired or force-unlocked lease this run replaced, if any
         self.lost: str | None = None
+        _HELD_HERE.add(record.token)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="output-lease-heartbeat")
         self._thread.start()
@@ -181,18 +202,22 @@ class Lease:
         for _ in range(5):  # another run may create or replace it between our read and write
             record = LeaseRecord(uuid.uuid4().hex, f"{socket.gethostname()}:{os.getpid()}", _now_iso(),
                                  time.time(), ttl)
+            _HELD_HERE.add(record.token)  # before the create: other threads here must see it as live
             if store.create(record):
                 return cls(store, record, store.read()[1] or record.token, None)
+            _HELD_HERE.discard(record.token)
             current, version = store.read()
             if current is None:
                 continue  # released meanwhile: try again
-            if not (current.expired() or force_unlock):
+            if not (current.expired() or current.holder_gone() or force_unlock):
                 raise UserError(f"OUTPUT '{output}' is being written by another run: {current.describe()}; "
                                 "wait for it to finish, or if it was killed, pass --force-unlock (or wait "
                                 f"{max(0.0, current.ttl - (time.time() - current.heartbeat)):.0f} s for the "
                                 "lease to expire)")
+            _HELD_HERE.add(record.token)
             if store.take_over(record, version):
                 return cls(store, record, store.read()[1] or record.token, current)
+            _HELD_HERE.discard(record.token)
         raise UserError(f"OUTPUT '{output}' is contended: its lease changed hands while this run tried to "
                         "take it; try again in a minute")
 
@@ -228,6 +253,7 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        _HELD_HERE.discard(self.record.token)
         if not self.lost:
             try:
                 self.store.remove_if(self.version)

@@ -33,7 +33,7 @@ TMP_PREFIX = ".tmp-"
 # Our own files beside the parts; the leading underscore keeps pandas/pyarrow from reading them as data.
 MANIFEST_NAME = "_pipeline_manifest.json"
 LEASE_NAME = "_pipeline_lease.json"
-OWN_NAMES = (MANIFEST_NAME, LEASE_NAME)
+OWN_PREFIX = "_pipeline_"  # the manifest, the lease and the lease's own short-lived files
 # Parquet key-value metadata that marks a part file as written by this tool (value: the manifest's run id).
 PART_OWNER_KEY = b"pipeline.label.run"
 
@@ -63,7 +63,7 @@ def part_files(output: str) -> list[str]:
 def other_files(output: str) -> list[str]:
     """Entries in ``output`` that are not named like ours (their presence makes OUTPUT 'not empty')."""
     return [p for p in output_entries(output)
-            if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX)) and entry_name(p) not in OWN_NAMES]
+            if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX, OWN_PREFIX))]
 
 
 def read_results(output: str) -> pd.DataFrame:

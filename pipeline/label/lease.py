@@ -2,7 +2,7 @@
 
 ``_pipeline_lease.json`` names its holder (host, pid, since) and its last heartbeat.
 What we rely on to make the create exclusive:
-- local folders: ``open(O_CREAT | O_EXCL)``;
+- local folders: ``link(2)`` of a fully written file, which fails when the name exists (like ``O_EXCL``);
 - S3: a conditional PUT, ``If-None-Match: *`` (s3fs ``pipe_file(mode="create")``; AWS S3 since
   2024-08 and moto honour it), and heartbeats / take-overs with ``If-Match: <etag>``, so two runs
   never both believe they hold it;
@@ -109,12 +109,24 @@ class LeaseStore:
         """Write ``record`` only if no lease exists; False when another run got there first."""
         data = json.dumps(asdict(record)).encode()
         if self.local:
+            # Write the record aside, then link it into place: link(2) fails when the name exists
+            # (the O_EXCL of a whole file), so no reader ever sees a lease half-written.
+            staged = f"{self.path}.{record.token}.new"
+            with open(staged, "wb") as f:
+                f.write(data)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(staged, self.path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            except OSError:  # a filesystem without hard links: O_EXCL, with a short half-written window
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            finally:
+                os.unlink(staged)
             return True
         try:
             self.fs.pipe_file(self.path, data, mode="create")

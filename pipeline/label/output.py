@@ -93,7 +93,10 @@ def check_writable(output: str) -> None:
         fs.makedirs(root, exist_ok=True)
         probe = storage.join(root, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
         fs.pipe_file(probe, b"ok")
-        fs.rm(probe)
+        try:
+            fs.rm(probe)
+        except FileNotFoundError:
+            pass  # the lease holder of a concurrent run cleaned it up as a leftover
     except Exception as err:  # noqa: BLE001
         raise UserError(f"OUTPUT '{output}' is not writable ({type(err).__name__}: {err}); "
                         "pick a folder or bucket prefix you can write to") from err

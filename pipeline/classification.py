@@ -8,7 +8,7 @@ the labeling job uses; a bad image becomes a result with ``error`` set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -17,12 +17,13 @@ from pipeline.images import decode_or_error
 from pipeline.inference import CompiledClassifier
 from pipeline.models.loading import load_model
 from pipeline.models.registry import DEFAULT_MODEL
+from pipeline.models.user_model import ModelSettings
 
 
 @dataclass
 class Prediction:
     source: str  # the path/URL given, or "<bytes #i>"
-    labels: list[str] = field(default_factory=list)  # k class names, best first
+    labels: list[str] = field(default_factory=list)  # k class names (multi-label: those above threshold), best first
     scores: list[float] = field(default_factory=list)  # k probabilities
     ids: list[int] = field(default_factory=list)  # k class indices
     error: str | None = None  # why there is no prediction
@@ -53,10 +54,17 @@ def classify(
     top_k: int = 5,
     weights: str = "imagenet",
     batch_size: int = 32,
+    settings: ModelSettings | None = None,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> list[Prediction]:
-    """Classify paths, URLs or raw bytes; one Prediction per input, in order."""
+    """Classify paths, URLs or raw bytes; one Prediction per input, in order.
+
+    ``settings`` describe a model file the user trained (class names, preprocessing, head, multi-label).
+    """
     items = list(images)
-    classifier = CompiledClassifier(load_model(model, weights), top_k=top_k, batch_size=batch_size)
+    classifier = CompiledClassifier(load_model(model, weights, settings), top_k=top_k, batch_size=batch_size)
+    for note in classifier.loaded.notes:
+        progress(note)
     size = (classifier.loaded.input_size,) * 2
     results: list[Prediction] = []
     for start in range(0, len(items), batch_size):
@@ -73,8 +81,9 @@ def classify(
                 batch.append(prediction)
         if decoded:
             top = classifier.predict(np.stack(decoded))
-            for prediction, ids, scores, names in zip(batch, top.ids, top.scores, classifier.names(top.ids)):
-                prediction.ids = [int(i) for i in ids]
-                prediction.scores = [float(s) for s in scores]
-                prediction.labels = names
+            rows = zip(batch, top.ids, top.scores, top.kept, classifier.names(top.ids))
+            for prediction, ids, scores, kept, names in rows:
+                prediction.ids = [int(i) for i in ids[:kept]]
+                prediction.scores = [float(s) for s in scores[:kept]]
+                prediction.labels = names[:kept]
     return results

@@ -93,8 +93,8 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
 
     if config.address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
         check_local_cpus(config)  # before paying for a Ray start (not inside a Ray job: it joins the cluster)
-    with ray_session(config.address):
-        check_cluster_resources(config, ray.cluster_resources())
+    with ray_session(config.address, verbose=True):  # the workers' [finetune] lines are the progress
+        check_cluster_resources(config, ray.cluster_resources, progress=progress)
         train, val = (decode_split(items, size, config.batch_size, config.storage_options)
                       for items in (files.train, files.val))
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
@@ -155,14 +155,29 @@ def check_local_cpus(config: FinetuneConfig) -> None:
                         "or a cluster (--address)")
 
 
-def check_cluster_resources(config: FinetuneConfig, resources: dict[str, float]) -> None:
-    cpus = resources.get("CPU", 0)
-    if config.workers * config.cpus_per_worker > cpus:
-        raise UserError(f"--workers {config.workers} needs {config.workers * config.cpus_per_worker:g} CPUs but "
-                        f"the Ray cluster has {cpus:g}; use fewer workers or a bigger cluster")
-    if config.use_gpu and config.workers > resources.get("GPU", 0):
-        raise UserError(f"--use-gpu with --workers {config.workers} needs {config.workers} GPUs but the Ray "
-                        f"cluster has {resources.get('GPU', 0):g}")
+def check_cluster_resources(config: FinetuneConfig, cluster_resources: Callable[[], dict[str, float]],
+                            wait_seconds: float | None = None, progress: Callable[[str], None] = lambda s: None,
+                            poll_seconds: float = 2.0) -> None:
+    """Enough CPUs (and GPUs) for the workers, now or after an autoscaling cluster grows (bounded wait).
+
+    ``wait_seconds`` None: 0 for a local Ray (refuse at once), else $PIPELINE_SCALE_UP_TIMEOUT or 900 s.
+    """
+    from pipeline.cluster_capacity import scale_up_timeout, wait_for_capacity
+
+    def shortfall() -> str | None:
+        resources = cluster_resources()
+        need_cpus = config.workers * config.cpus_per_worker
+        if need_cpus > resources.get("CPU", 0):
+            return (f"--workers {config.workers} needs {need_cpus:g} CPUs but the Ray cluster has "
+                    f"{resources.get('CPU', 0):g}")
+        if config.use_gpu and config.workers > resources.get("GPU", 0):
+            return (f"--use-gpu with --workers {config.workers} needs {config.workers} GPUs but the Ray cluster "
+                    f"has {resources.get('GPU', 0):g}")
+        return None
+
+    bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
+    wait = scale_up_timeout(config.address) if wait_seconds is None else wait_seconds
+    wait_for_capacity(shortfall, [bundle] * config.workers, wait, progress, poll_seconds)
 
 
 def check_decoded(train: DecodedSplit, val: DecodedSplit, workers: int) -> None:

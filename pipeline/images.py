@@ -17,9 +17,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
+from pillow_heif import register_heif_opener
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
+
+# Phone photos: HEIC/HEIF through pillow-heif's Pillow plugin (libheif applies the stored rotation and
+# resets EXIF orientation to 1); AVIF is built into Pillow >= 11.3.
+register_heif_opener()
+
+RESIZE_MODES = ("squash", "center-crop")  # see decode_image
 
 # Refuse images above this many pixels (about 16k x 10k) instead of exhausting memory.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -66,14 +73,21 @@ class DecodeResult:
     error: str | None  # the ImageError text, or None
 
 
-def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 resize_mode: str = "squash") -> np.ndarray:
     """Decode ``data`` to an RGB uint8 array of shape (height, width, 3) = (*size, 3).
+
+    ``resize_mode``: ``squash`` the whole image to ``size`` (nothing cropped away), or
+    ``center-crop``: scale the shorter side to fit, then take the centre, as ImageNet models
+    were evaluated.
 
     Baseline RGB and greyscale JPEGs (most photos) go through libjpeg-turbo with
     DCT-domain downscaling (simplejpeg); every other file, and any JPEG libjpeg-turbo
     refuses, through Pillow. Both paths apply EXIF orientation and end in the same
     area resize. Raises an ``ImageError`` subclass for anything that is not a usable image.
     """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
     if not data:
         raise EmptyImageError("the file has zero bytes")
     try:
@@ -85,10 +99,10 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
                     f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels}"
                 )
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                pixels = _decode_jpeg_turbo(data, size, _orientation(image))
+                pixels = _decode_jpeg_turbo(data, size, _orientation(image), resize_mode)
                 if pixels is not None:
                     return pixels
-            return _decode_with_pillow(image, size)
+            return _decode_with_pillow(image, size, resize_mode)
     except ImageError:
         raise
     except UnidentifiedImageError as err:
@@ -109,7 +123,7 @@ def _orientation(image: Image.Image) -> int:
     return value if value in _ORIENT else 1
 
 
-def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int) -> np.ndarray | None:
+def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int, mode: str) -> np.ndarray | None:
     """libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8) still >= the target; None to fall back."""
     height, width = size
     if orientation >= 5:  # stored sideways: the stored height becomes the shown width
@@ -118,10 +132,10 @@ def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int) -> 
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
     except ValueError:
         return None  # truncated, arithmetic-coded, ...: Pillow decides (and names the error)
-    return _orient(resize(pixels, (height, width)), orientation)
+    return _orient(resize(pixels, (height, width), mode), orientation)
 
 
-def _decode_with_pillow(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def _decode_with_pillow(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray:
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated: the first frame
     if image.format == "JPEG":
@@ -129,25 +143,32 @@ def _decode_with_pillow(image: Image.Image, size: tuple[int, int]) -> np.ndarray
         side = max(size)
         image.draft("RGB", (side, side))
     image = ImageOps.exif_transpose(image)
-    return resize(np.asarray(_to_rgb(image), dtype=np.uint8), size)
+    return resize(np.asarray(_to_rgb(image), dtype=np.uint8), size, mode)
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Squash an (h, w, 3) uint8 array to ``size`` = (height, width): area averaging when shrinking
-    (antialiased, no moire), bilinear when enlarging."""
+def resize(pixels: np.ndarray, size: tuple[int, int], mode: str = "squash") -> np.ndarray:
+    """An (h, w, 3) uint8 array to ``size`` = (height, width) by ``mode`` (see ``decode_image``):
+    area averaging when shrinking (antialiased, no moire), bilinear when enlarging."""
     height, width = size
+    if mode == "center-crop":
+        scale = max(height / pixels.shape[0], width / pixels.shape[1])
+        fitted = resize(pixels, (max(height, round(pixels.shape[0] * scale)),
+                                 max(width, round(pixels.shape[1] * scale))))
+        top, left = (fitted.shape[0] - height) // 2, (fitted.shape[1] - width) // 2
+        return np.ascontiguousarray(fitted[top:top + height, left:left + width])
     if pixels.shape[:2] == (height, width):
         return np.ascontiguousarray(pixels)
     shrinking = pixels.shape[0] >= height and pixels.shape[1] >= width
     return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeResult:
+def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                    resize_mode: str = "squash") -> DecodeResult:
     """``decode_image`` for batch jobs: never raises, returns the image or the error text."""
     try:
         if data is None:
             raise UnreadableImageError("no bytes were read")
-        return DecodeResult(decode_image(data, size, max_pixels), None)
+        return DecodeResult(decode_image(data, size, max_pixels, resize_mode), None)
     except ImageError as err:
         return DecodeResult(None, str(err))
     except Exception as err:  # noqa: BLE001 - a batch must survive any single input

@@ -4,6 +4,12 @@ Preprocessing runs inside the same ``tf.function`` as the model, next to it, so
 the CPU decode stage only ships uint8 pixels and no model can get another
 family's scaling. One input signature with a free batch dimension means one
 trace, however many batches (``model.predict`` per batch retraces and is 2-3x slower).
+
+Every output head becomes class probabilities, so every head fits one Parquet schema:
+- softmax over N classes: used as is;
+- one sigmoid unit p: two classes, probabilities [1 - p, p] (class 0 is the first sorted name);
+- several sigmoid units: independent probabilities, ranked (or thresholded with multi-label);
+- logits: softmax applied (sigmoid for one unit or multi-label).
 """
 
 from __future__ import annotations
@@ -19,6 +25,23 @@ from pipeline.models.loading import LoadedModel
 class TopK:
     ids: np.ndarray  # (n, k) int32 class indices, best first
     scores: np.ndarray  # (n, k) float32 probabilities
+    kept: np.ndarray | None = None  # (n,) entries of each row to write: k, or those above the multi-label threshold
+
+    def __post_init__(self):
+        if self.kept is None:
+            self.kept = np.full(len(self.ids), self.ids.shape[1] if self.ids.ndim == 2 else 0, np.int32)
+
+
+def to_probabilities(outputs, head: str, multi_label: bool = False):
+    """Class probabilities (batch, classes) from a model's raw outputs (batch, units), inside a tf.function."""
+    import tensorflow as tf
+
+    units = outputs.shape[-1]
+    if head == "logits":
+        outputs = tf.sigmoid(outputs) if multi_label or units == 1 else tf.nn.softmax(outputs, axis=-1)
+    if units == 1:  # one sigmoid unit: P(class 1) = p, P(class 0) = 1 - p
+        outputs = tf.concat([1.0 - outputs, outputs], axis=-1)
+    return outputs
 
 
 class CompiledClassifier:
@@ -28,16 +51,20 @@ class CompiledClassifier:
         import tensorflow as tf
 
         self.loaded = loaded
-        self.top_k = max(1, min(top_k, len(loaded.class_names)))
+        classes = len(loaded.class_names)
+        # Multi-label keeps every class above the threshold, so it ranks them all.
+        self.top_k = classes if loaded.multi_label else max(1, min(top_k, classes))
         self.batch_size = batch_size
         size = loaded.input_size
         model, preprocess, k = loaded.keras_model, loaded.preprocess_input, self.top_k
+        head, multi_label = loaded.head, loaded.multi_label
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True,
                      jit_compile=jit_compile or None)  # XLA: fused kernels, compiled once per batch shape
         def forward(images):
-            probabilities = model(preprocess(tf.cast(images, tf.float32)), training=False)
-            result = tf.math.top_k(tf.cast(probabilities, tf.float32), k=k)
+            outputs = model(preprocess(tf.cast(images, tf.float32)), training=False)
+            probabilities = to_probabilities(tf.cast(outputs, tf.float32), head, multi_label)
+            result = tf.math.top_k(probabilities, k=k)
             return tf.cast(result.indices, tf.int32), result.values
 
         self._forward = forward
@@ -52,7 +79,9 @@ class CompiledClassifier:
             i, s = self._forward(images[start : start + self.batch_size])
             ids.append(i.numpy())
             scores.append(s.numpy())
-        return TopK(np.concatenate(ids), np.concatenate(scores))
+        scores_all = np.concatenate(scores)
+        kept = (scores_all >= self.loaded.threshold).sum(axis=1).astype(np.int32) if self.loaded.multi_label else None
+        return TopK(np.concatenate(ids), scores_all, kept)
 
     def names(self, ids: np.ndarray) -> list[list[str]]:
         classes = self.loaded.class_names

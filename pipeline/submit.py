@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shlex
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,28 @@ class Cluster:
                                 + TOKEN_HELP)
             # Our own header: Ray's client only adds one when this process runs with RAY_AUTH_MODE=token.
             headers["Authorization"] = f"Bearer {self.token.value}"
+        self.headers = headers
         with self.errors():
             self.client = JobSubmissionClient(self.address, headers=headers)
+
+    def node_hostnames(self, wait_seconds: float = 15.0) -> set[str]:
+        """Hostnames of the cluster's live nodes (the dashboard's node summary); empty when it has none yet.
+
+        A dashboard that has just started fills its summary within seconds, so an empty one is asked again.
+        """
+        import requests
+
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            with self.errors():
+                response = requests.get(f"{self.address}/nodes?view=summary", headers=self.headers, timeout=30)
+                response.raise_for_status()
+                nodes = response.json()["data"]["summary"]
+            hosts = {node["hostname"] for node in nodes
+                     if node.get("hostname") and node.get("raylet", {}).get("state", "ALIVE") == "ALIVE"}
+            if hosts or time.monotonic() > deadline:
+                return hosts
+            time.sleep(1.0)
 
     @contextlib.contextmanager
     def errors(self, job_id: str | None = None) -> Iterator[None]:
@@ -193,6 +214,77 @@ class Cluster:
             time.sleep(poll)
 
 
+def job_command(job: str):
+    """The click command behind ``pipeline <job>``: the very parser jobs/<job>.py runs."""
+    import typer
+
+    from pipeline.cli import app
+
+    group = typer.main.get_command(app)
+    command = group.commands.get(job) if hasattr(group, "commands") else None
+    if command is None:
+        raise UserError(f"'pipeline {job}' is not available in this installation")
+    return command
+
+
+def validate_job_args(job: str, args: Sequence[str]) -> dict:
+    """Parse ARGS with the job's real parser (without running it): a typo fails here, not on the cluster.
+
+    Returns the parsed parameters (name -> value).
+    """
+    import typer
+
+    command = job_command(job)
+    try:
+        with command.make_context(f"pipeline submit {job}", list(args), resilient_parsing=False) as ctx:
+            return dict(ctx.params)
+    except typer.Exit:
+        raise UserError(f"'--help' is not passed to the job; see 'pipeline {job} --help'") from None
+    except typer.TyperException as err:  # typer's click: NoSuchOption, MissingParameter, BadParameter, ...
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        raise UserError(f"{message} (arguments of 'pipeline {job}'; see 'pipeline {job} --help')") from None
+
+
+# Parameters of each job that name data or a model: (parameter, how the user wrote it).
+PATH_PARAMETERS = {
+    "label": (("source", "SOURCE"), ("output", "OUTPUT"), ("model", "--model"), ("weights", "--weights")),
+    "finetune": (("data", "DATA"), ("output", "OUTPUT"), ("val", "--val")),
+}
+
+
+def local_paths(job: str, params: dict) -> list[tuple[str, str]]:
+    """(parameter, value) of every argument that is a path on this machine rather than a URL or a name."""
+    from pipeline import storage
+    from pipeline.models.registry import REGISTRY
+    from pipeline.models.shipping import KEYWORDS
+
+    found = []
+    for name, shown in PATH_PARAMETERS.get(job, ()):
+        value = params.get(name)
+        if not value or storage.is_url(str(value)) or value in KEYWORDS:
+            continue
+        if name == "model" and str(value).lower().replace("-", "_") in REGISTRY:
+            continue
+        found.append((shown, str(value)))
+    return found
+
+
+def refuse_local_paths(job: str, params: dict, cluster_hosts: set[str], address: str,
+                       here: str | None = None) -> None:
+    """A local path is only readable on the cluster when every node runs on this very machine."""
+    here = here or socket.gethostname()
+    if cluster_hosts <= {here}:  # every node is this machine (or the head reports none: we cannot tell)
+        return
+    paths = local_paths(job, params)
+    if paths:
+        shown, value = paths[0]
+        raise UserError(
+            f"{shown} '{value}' is a path on this machine, but the job runs on the cluster at {address}, whose "
+            f"nodes ({', '.join(sorted(cluster_hosts)[:3])}) cannot read it; put it in object storage "
+            "(s3://, gs://) and pass the URL, or, if it is on a filesystem mounted at the same path on every "
+            "node (NFS, EFS), pass --shared-fs")
+
+
 def project_root() -> Path:
     """The source tree shipped as the job's working_dir: the folder holding pipeline/ and jobs/."""
     import pipeline
@@ -207,6 +299,15 @@ def project_root() -> Path:
 def job_entrypoint(job: str, args: Sequence[str]) -> str:
     """``python jobs/<job>.py ARGS`` as one shell-quoted command line."""
     return shlex.join(["python", JOB_SCRIPTS[job], *args])
+
+
+def with_cluster_address(job: str, args: Sequence[str]) -> list[str]:
+    """Make the job join the cluster it runs on (RAY_ADDRESS, set by Ray) instead of starting its own Ray."""
+    args = list(args)
+    takes_address = any("--address" in getattr(p, "opts", ()) for p in job_command(job).params)
+    if takes_address and not any(a == "--address" or a.startswith("--address=") for a in args):
+        args += ["--address", "auto"]
+    return args
 
 
 def build_runtime_env(working_dir: Path, extra: dict | None = None,
@@ -237,17 +338,22 @@ def forwarded_env(names_or_pairs: Sequence[str]) -> dict[str, str]:
 
 def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | None = None,
            runtime_env: dict | None = None, env: Sequence[str] = (),
-           submission_id: str | None = None) -> tuple[Cluster, str]:
-    """Connect, upload the project and start ``python jobs/<job>.py ARGS``.
+           submission_id: str | None = None, shared_fs: bool = False) -> tuple[Cluster, str]:
+    """Validate ARGS locally, connect, upload the project and start ``python jobs/<job>.py ARGS``.
 
-    ARGS are passed as given; ``pipeline.cli.job_args.prepared_job_args`` checks them first on the CLI path.
+    Local paths in ARGS are refused when a node of the cluster runs on another machine, unless
+    ``shared_fs`` says they are on a filesystem every node mounts at the same path.
     """
     if job not in JOB_SCRIPTS:
         raise UserError(f"unknown job '{job}'; choose one of {', '.join(JOB_SCRIPTS)}")
+    args = with_cluster_address(job, args)
+    params = validate_job_args(job, args)
     root = Path(working_dir).resolve() if working_dir else project_root()
     if not (root / JOB_SCRIPTS[job]).is_file():
         raise UserError(f"{root / JOB_SCRIPTS[job]} does not exist; --working-dir must be the project root")
     cluster = Cluster(address)
+    if not shared_fs and local_paths(job, params):
+        refuse_local_paths(job, params, cluster.node_hostnames(), cluster.address)
     job_id = cluster.submit(job_entrypoint(job, args), build_runtime_env(root, runtime_env, forwarded_env(env)),
                             submission_id)
     return cluster, job_id

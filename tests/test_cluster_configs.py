@@ -18,7 +18,9 @@ CLUSTER = ROOT / "cluster"
 CONFIGS = sorted([*CLUSTER.glob("*.yaml"), *CLUSTER.glob("*.yml")])
 JOBS = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
-IMAGE = f"rayproject/ray:{ray.__version__}-py311-gpu"
+BASE_IMAGE = f"rayproject/ray:{ray.__version__}-py311-gpu"
+DOCKERFILE = CLUSTER / "Dockerfile"
+REQUIREMENTS = CLUSTER / "requirements.txt"
 
 
 def documents(path: Path) -> list:
@@ -116,13 +118,33 @@ def test_a_renamed_flag_would_fail_the_check():
     parse_with_job_parser("jobs/finetune.py", ["data", "out", "--workers", "2"])
 
 
-def test_every_node_runs_the_same_ray_image_as_this_client():
+def test_every_node_runs_the_one_image_built_from_the_pinned_ray_image():
     images = {(path.name, value) for path in CONFIGS for doc in documents(path)
               for key, value in walk(doc) if key == "image"}
     assert {name for name, _ in images} == {p.name for p in CONFIGS}
-    assert {image for _, image in images} == {IMAGE}
+    [image] = {image for _, image in images}
+    assert f"-t {image} ." in DOCKERFILE.read_text(), "the configs must pull the image cluster/Dockerfile builds"
+    froms = [line.split()[1] for line in DOCKERFILE.read_text().splitlines() if line.startswith("FROM ")]
+    assert froms == [BASE_IMAGE]
     versions = {value for path in CONFIGS for doc in documents(path) for key, value in walk(doc) if key == "rayVersion"}
     assert versions == {ray.__version__}
+
+
+def test_the_image_pins_the_versions_the_tests_run_with():
+    """Every pin in cluster/requirements.txt is what this test environment has installed."""
+    from importlib.metadata import version
+
+    pins = [line.split("#")[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
+    pins = [pin for pin in pins if pin]
+    assert pins and all("==" in pin for pin in pins)
+    for pin in pins:
+        name, pinned = pin.split("==")
+        name = name.split("[")[0]
+        assert version(name) == pinned, f"cluster/requirements.txt pins {pin}, the tests run {name} {version(name)}"
+    names = {pin.split("==")[0].split("[")[0].lower() for pin in pins}
+    assert "ray" not in names  # it comes from the base image, at the client's version
+    assert {"tensorflow", "keras", "typer", "s3fs"} <= names
+    assert "requirements.txt" in DOCKERFILE.read_text()
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("ray-")], ids=lambda p: p.name)
@@ -138,4 +160,4 @@ def test_kuberay_gpu_workers_autoscale_and_jobs_clean_up(path):
     if doc["kind"] == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         runtime_env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
-        assert all("==" in package for package in runtime_env["pip"]["packages"])
+        assert "pip" not in runtime_env and "working_dir" not in runtime_env  # both are in the image

@@ -201,3 +201,37 @@ def test_every_exif_orientation_matches_pillow(cat, orientation):
     ours = decode_image(data, (64, 96)).astype(np.int16)
     assert ours.shape == (64, 96, 3)
     assert np.abs(ours - _pillow_reference(data, (64, 96))).mean() < 4.0
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_photo_formats_decode_upright(cat, fmt, tmp_path):
+    """HEIC (iPhone) and AVIF, stored sideways with EXIF orientation 6 like a phone held upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(cat.transpose(Image.Transpose.ROTATE_90), fmt, quality=90, exif=exif.tobytes())
+    upright = decode_image(_encode(cat, "PNG"), SIZE).astype(np.int16)
+    assert np.abs(decode_image(data, SIZE).astype(np.int16) - upright).mean() < 8
+    path = tmp_path / f"cat.{'heic' if fmt == 'HEIF' else 'avif'}"
+    path.write_bytes(data)
+    from pipeline.images import is_image_path
+
+    assert is_image_path(str(path))
+    (result,) = classify([str(path)], top_k=1)
+    assert result.error is None and result.ids[0] in {281, 282, 285}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_center_crop_keeps_the_centre_and_squash_keeps_everything(fmt):
+    thirds = np.zeros((100, 300, 3), np.uint8)
+    thirds[:, :100, 0] = thirds[:, 100:200, 1] = thirds[:, 200:, 2] = 255  # red | green | blue
+    data = _encode(Image.fromarray(thirds), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    crop = decode_image(data, (64, 64), resize_mode="center-crop").astype(int)
+    assert crop.shape == (64, 64, 3)
+    assert crop[..., 1].mean() > 240 and crop[..., 0].mean() < 15 and crop[..., 2].mean() < 15
+    squash = decode_image(data, (64, 64)).astype(int)
+    assert squash[:, :15, 0].mean() > 240 and squash[:, 27:37, 1].mean() > 240 and squash[:, -15:, 2].mean() > 240
+    tall = decode_image(_encode(Image.fromarray(thirds.transpose(1, 0, 2)), "PNG"), (32, 48),
+                        resize_mode="center-crop")
+    assert tall.shape == (32, 48, 3) and tall[..., 1].mean() > 240
+    with pytest.raises(ValueError, match="not one of squash, center-crop"):
+        decode_image(data, (64, 64), resize_mode="stretch")

@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -68,13 +69,19 @@ def s3_behind_proxy():
 def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behind_proxy, photos):
     direct, proxy, options = s3_behind_proxy
     direct.put_file(str(photos["coffee"]), f"{BUCKET}/unit/coffee.png")
-    paths = [f"s3://{BUCKET}/unit/coffee.png", f"s3://{BUCKET}/unit/missing.png"]
+    direct.pipe_file(f"{BUCKET}/unit/empty.png", b"")
+    paths = [f"s3://{BUCKET}/unit/coffee.png", f"s3://{BUCKET}/unit/missing.png", f"s3://{BUCKET}/unit/empty.png"]
     batch = {"path": paths}
 
+    read_and_decode({"path": paths[:1]}, 32, options, retries=0)  # warm the client first
+    before = proxy.requests
+    ok = read_and_decode({"path": paths[:1]}, 32, options, retries=0)
+    assert proxy.requests - before == 1  # one GET per object, no HEAD first
     ok = read_and_decode(batch, 32, options, retries=0)
-    assert list(ok["transient"]) == [False, False]
+    assert list(ok["transient"]) == [False, False, False]
     assert ok["error"][0] == "" and ok["image"][0].std() > 10
     assert ok["error"][1].startswith("not found")
+    assert ok["error"][2].startswith("empty file")  # permanent: an error row, not a retry
 
     proxy.outage(600, only=f"/{BUCKET}/unit/")
     try:
@@ -83,7 +90,8 @@ def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behin
         waited = time.monotonic() - started
     finally:
         proxy.heal()
-    assert failed["transient"][0] and "unreadable after retries" in failed["error"][0]
+    assert list(failed["transient"]) == [True, True, True]  # a 503 says nothing about the object
+    assert "unreadable after retries" in failed["error"][0]
     assert waited >= 0.5  # one backoff round before giving up
     assert proxy.refused >= 2
 
@@ -148,10 +156,12 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     line = quiet.stdout.strip().splitlines()[-1]
     assert line.startswith("labeled 4 images (0 errors")
     assert " s to the first result, steady " in line
-    assert "Execution plan" not in quiet.stderr and "MapWorker" not in quiet.stderr, quiet.stderr
+    assert "Execution plan" not in quiet.stderr, quiet.stderr
+    assert " pid=" not in quiet.stderr, quiet.stderr  # no worker output forwarded: "(MapWorker(...) pid=N) ..."
+    assert "Progress bars disabled" not in quiet.stderr, quiet.stderr
     verbose = subprocess.run([*command, "--overwrite", "--verbose"], capture_output=True, text=True, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
-    assert "Execution plan" in verbose.stderr and "MapWorker" in verbose.stderr
+    assert "Execution plan" in verbose.stderr
 
 
 def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
@@ -169,3 +179,16 @@ def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
         difference = (runs[name]["score"] - base["score"]).abs()
         assert difference.max() < 0.05, name
     assert (runs["mixed"]["score"] != base["score"]).any()  # float16 compute really ran
+
+
+def test_decode_task_honours_the_resize_mode(tmp_path):
+    from PIL import Image
+
+    thirds = np.zeros((60, 180, 3), np.uint8)
+    thirds[:, :60, 0] = thirds[:, 60:120, 1] = thirds[:, 120:, 2] = 255
+    path = tmp_path / "thirds.png"
+    Image.fromarray(thirds).save(path)
+    crop = read_and_decode({"path": [str(path)]}, 32, {}, resize_mode="center-crop")["image"][0]
+    squash = read_and_decode({"path": [str(path)]}, 32, {})["image"][0]
+    assert crop[..., 1].min() > 200 and crop[..., 0].max() < 50
+    assert squash[..., 0].max() > 200 and squash[..., 2].max() > 200

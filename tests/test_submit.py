@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,9 +21,12 @@ import pandas as pd
 import psutil
 import pytest
 import requests
+import yaml
+from s3_proxy import moto_s3
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.submit import Cluster, build_runtime_env
 
 CAT_CLASSES = {"Egyptian cat", "tabby", "tiger cat"}
 CONTRACT_COLUMNS = ["path", "label", "score", "top_labels", "top_scores", "top_ids", "model", "error"]
@@ -49,6 +53,7 @@ class RayHead:
         command = [
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+            "--num-gpus=2",  # declared, not real: lets the shipped GPU flags schedule (TensorFlow runs on CPU)
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -127,6 +132,7 @@ def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coff
     output = tmp_path / "labels"
     started = time.monotonic()
     result = pipeline("submit", "label", str(cat_and_coffee), str(output), "--top-k", "3",
+                      "--env", "TF_CPP_MIN_LOG_LEVEL=2",  # the job's own env var, also set in the workers
                       "--address", head.address, "--wait", env=client_env)
     print(f"submit label --wait: {time.monotonic() - started:.1f} s")
     assert result.exit_code == 0, result.output
@@ -249,3 +255,113 @@ def test_the_token_is_found_where_ray_looks_for_it(head, tmp_path):
     wrong = pipeline("jobs", "list", "--address", head.address, env={**no_token, "RAY_AUTH_TOKEN": "wrong"})
     assert wrong.exit_code == 2
     assert "rejected the auth token (token from RAY_AUTH_TOKEN)" in wrong.stderr
+
+
+# -- the shipped KubeRay RayJobs, run as written against a real head -------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+RAYJOBS = sorted((ROOT / "cluster").glob("ray-job.*.yaml"))
+S3_IDENTITY = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# Fine-tuning's shipped 5 + 5 epochs at 224 px would take many minutes on a 2-core CI machine: 1 + 1 epochs
+# at 96 px (the last value of a repeated flag wins; --image-size is not among the shipped flags).
+SMALLER_FINETUNE = ["--epochs", "1", "--fine-tune-epochs", "1", "--image-size", "96"]
+
+
+def shipped_rayjob(path: Path) -> tuple[list[str], dict]:
+    """(entrypoint words, runtime env) exactly as the manifest gives them to the cluster."""
+    spec = yaml.safe_load(path.read_text())["spec"]
+    return shlex.split(spec["entrypoint"]), yaml.safe_load(spec["runtimeEnvYAML"])
+
+
+@pytest.fixture(scope="module")
+def my_bucket(photos):
+    """The manifests' own s3://my-bucket/... on moto (loopback), holding what each job reads."""
+    import s3fs
+    from sklearn.datasets import load_digits
+    from PIL import Image
+
+    with moto_s3() as endpoint:
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir("my-bucket")
+        for name, photo in photos.items():
+            fs.put_file(str(photo), f"my-bucket/images/{name}{photo.suffix}")
+        digits = load_digits()
+        for digit in (0, 1):  # two classes of eight real 8x8 digits, enough for 2 workers and a val split
+            for n, i in enumerate([i for i in range(len(digits.target)) if digits.target[i] == digit][:8]):
+                image = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8")).resize((32, 32))
+                with fs.open(f"my-bucket/cats-vs-dogs/train/{digit}/{n}.png", "wb") as f:
+                    image.save(f, format="PNG")
+        yield fs, endpoint
+
+
+@pytest.mark.parametrize("manifest", RAYJOBS, ids=lambda p: p.name)
+def test_each_shipped_rayjob_succeeds_on_a_real_head(head, my_bucket, manifest):
+    """The manifest's entrypoint and runtimeEnvYAML (its env_vars included, the case that used to exit 2).
+
+    Stand-ins for what the cluster gives: the image's copy of the code is this checkout (working_dir), the
+    pods' bucket identity is S3_IDENTITY plus the endpoint of moto on loopback.
+    """
+    fs, endpoint = my_bucket
+    words, runtime_env = shipped_rayjob(manifest)
+    assert set(runtime_env) <= {"env_vars"}, "dependencies belong in the image (cluster/Dockerfile)"
+    script = next(w for w in words if w.endswith(".py"))
+    args = words[words.index(script) + 1:]
+    job = Path(script).stem
+    entrypoint = shlex.join(["python", f"jobs/{job}.py", *args, *(SMALLER_FINETUNE if job == "finetune" else [])])
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_file)
+    try:
+        cluster = Cluster(head.address)
+        started = time.monotonic()
+        job_id = cluster.submit(entrypoint, build_runtime_env(
+            ROOT, runtime_env, env_vars={**S3_IDENTITY, "AWS_ENDPOINT_URL": endpoint}))
+        status = cluster.wait(job_id, timeout=420)
+        logs = cluster.logs(job_id)
+    finally:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    print(f"{manifest.name}: {status} in {time.monotonic() - started:.1f} s")
+    assert status == "SUCCEEDED", logs[-3000:]
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+    if job == "label":
+        output = args[1]
+        assert "labeled 4 images" in logs
+        table = pd.read_parquet(output, storage_options=options)
+        assert sorted(Path(p).stem for p in table["path"]) == ["astronaut", "chelsea", "coffee", "rocket"]
+        assert table["error"].isna().all() and table["top_labels"].map(len).eq(5).all()
+    else:
+        output = args[1].removeprefix("s3://").rstrip("/")
+        assert "fine-tuned 2 classes" in logs
+        assert fs.exists(f"{output}/history.csv")
+        assert [row.split(",")[0] for row in fs.cat(f"{output}/history.csv").decode().splitlines()[1:]] == ["1", "2"]
+
+
+# -- local paths and remote nodes ------------------------------------------------------------------------
+
+def test_local_paths_are_refused_when_the_nodes_run_elsewhere(head, client_env, tmp_path):
+    """The loopback head's nodes run here, so local paths work (the tests above); elsewhere they are refused."""
+    from pipeline.errors import UserError
+    from pipeline.submit import refuse_local_paths, validate_job_args
+
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_file)
+    try:
+        assert Cluster(head.address).node_hostnames() == {socket.gethostname()}
+    finally:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+
+    remote = {"gpu-node-1", "gpu-node-2"}
+    on_buckets = validate_job_args("label", ["s3://b/in/", "gs://b/out/", "--model", "resnet50", "--weights", "none"])
+    refuse_local_paths("label", on_buckets, remote, head.address)  # nothing local: fine
+    for args, shown in ((["/data/photos", "s3://b/out/"], "SOURCE '/data/photos'"),
+                        (["s3://b/in/", "out"], "OUTPUT 'out'"),
+                        (["s3://b/in/", "s3://b/out/", "--model", str(tmp_path / "my-model")], "--model '"),
+                        (["s3://b/in/", "s3://b/out/", "--weights", "w.weights.h5"], "--weights 'w.weights.h5'")):
+        with pytest.raises(UserError, match="is a path on this machine") as refused:
+            refuse_local_paths("label", validate_job_args("label", args), remote, head.address)
+        assert str(refused.value).startswith(shown) and "--shared-fs" in str(refused.value)
+    with pytest.raises(UserError, match="DATA '/data/train'"):
+        refuse_local_paths("finetune", validate_job_args("finetune", ["/data/train", "s3://b/m/"]), remote, head.address)
+
+
+def test_shared_fs_is_a_submit_option_not_a_job_argument(head, client_env, cat_and_coffee, tmp_path):
+    result = pipeline("submit", "label", str(cat_and_coffee), str(tmp_path / "out"), "--shared-fs", "--top-kk", "3",
+                      "--address", head.address, env=client_env)
+    assert result.exit_code == 2 and "No such option: --top-kk" in result.stderr  # --shared-fs was accepted

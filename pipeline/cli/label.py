@@ -8,8 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.model_options import (
+    ClassesOption,
+    Head,
+    HeadOption,
+    InputSizeOption,
+    MultiLabelOption,
+    PreprocessOption,
+    ThresholdOption,
+    model_settings,
+)
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
+
+
+class ResizeMode(str, Enum):
+    squash = "squash"
+    center_crop = "center-crop"
 
 
 class Precision(str, Enum):
@@ -34,23 +49,29 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  batches_per_task: int, concurrency: str, num_gpus: float, cpus_per_decode: float,
                  cpus_per_actor: float, resume: bool, overwrite: bool, address: Optional[str],
                  limit: Optional[int], rows_per_file: int, storage_options: Optional[str],
-                 precision, xla: bool, read_retries: int, verbose: bool,
+                 resize, precision, xla: bool, read_retries: int, verbose: bool,
+                 classes: Optional[str], preprocess: Optional[str], input_size: Optional[int], head,
+                 multi_label: bool, threshold: float,
                  max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
                  lease_seconds: float, **_: object):
-    """The LabelConfig the parsed options describe (no side effects): 'pipeline submit' checks it too."""
+    """The LabelConfig the parsed options describe (reads a --classes file, nothing else)."""
     from pipeline.cli.options import parse_json_object
     from pipeline.label import LabelConfig
     from pipeline.label.config import mode_from_flags
     from pipeline.storage import storage_options as current_options
 
     options = parse_json_object(storage_options, "--storage-options", "{}")
+    settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
     return LabelConfig(
         source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
         batches_per_task=batches_per_task, concurrency=parse_concurrency(concurrency), num_gpus=num_gpus,
         cpus_per_decode=cpus_per_decode, cpus_per_actor=cpus_per_actor, mode=mode_from_flags(resume, overwrite),
         address=address, limit=limit, rows_per_file=rows_per_file,
         storage_options=options if options is not None else current_options(),
+        resize=getattr(resize, "value", resize),
         precision=getattr(precision, "value", precision), xla=xla, read_retries=read_retries, verbose=verbose,
+        classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
+        head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
         lease_seconds=lease_seconds,
     )
@@ -60,7 +81,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
     output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
-    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models') or fine-tuned model folder.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
@@ -76,6 +97,9 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    resize: Annotated[ResizeMode, typer.Option(
+        help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
+             "fitted, centre kept, as ImageNet models were evaluated.")] = ResizeMode.squash,
     precision: Annotated[Precision, typer.Option(
         help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
     xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
@@ -83,6 +107,12 @@ def label_command(
         min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
                     "what still fails is not stored and is left for --resume.")] = 5,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = False,
+    classes: ClassesOption = None,
+    preprocess: PreprocessOption = None,
+    input_size: InputSizeOption = None,
+    head: HeadOption = Head.auto,
+    multi_label: MultiLabelOption = False,
+    threshold: ThresholdOption = 0.5,
     max_error_rate: Annotated[Optional[float], typer.Option(
         help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = None,
     retry_errors: Annotated[bool, typer.Option(

@@ -7,6 +7,16 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.model_options import (
+    ClassesOption,
+    Head,
+    HeadOption,
+    InputSizeOption,
+    MultiLabelOption,
+    PreprocessOption,
+    ThresholdOption,
+    model_settings,
+)
 from pipeline.models.registry import DEFAULT_MODEL, REGISTRY, list_models
 
 
@@ -35,11 +45,17 @@ def models_command(
 @app.command("classify")
 def classify_command(
     files: Annotated[list[str], typer.Argument(help="Image paths or URLs (s3://, gs://, memory://, ...).")],
-    model: Annotated[str, typer.Option(help="Registry name or fine-tuned model folder.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to print per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON.")] = None,
+    classes: ClassesOption = None,
+    preprocess: PreprocessOption = None,
+    input_size: InputSizeOption = None,
+    head: HeadOption = Head.auto,
+    multi_label: MultiLabelOption = False,
+    threshold: ThresholdOption = 0.5,
 ) -> None:
     """Classify a few images in this process and print the top-k table."""
     from pipeline.classification import classify
@@ -47,7 +63,9 @@ def classify_command(
 
     with user_errors():
         apply_storage_options(storage_options)
-        results = classify(files, model=model, top_k=top_k, weights=weights, batch_size=batch_size)
+        settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
+        results = classify(files, model=model, top_k=top_k, weights=weights, batch_size=batch_size,
+                           settings=settings, progress=lambda line: typer.echo(line, err=True))
     failed = 0
     for result in results:
         typer.echo(result.source)
@@ -55,6 +73,8 @@ def classify_command(
             failed += 1
             typer.echo(f"  error: {result.error}")
             continue
+        if not result.labels:
+            typer.echo(f"  no class reaches --threshold {threshold:g}")
         for rank, (label, score, class_id) in enumerate(zip(result.labels, result.scores, result.ids), 1):
             typer.echo(f"  {rank}. {label:<30} {score:6.1%}  (class {class_id})")
     if failed:

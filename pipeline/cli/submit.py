@@ -26,21 +26,23 @@ RuntimeEnv = Annotated[Optional[str], typer.Option(
     help='Extra runtime_env as JSON, e.g. \'{"pip": ["s3fs==2024.6.1"]}\'; merged over the working_dir.')]
 Env = Annotated[Optional[list[str]], typer.Option(
     "--env", help="NAME (copied from this shell) or NAME=VALUE, set for the job; repeatable.")]
+SharedFs = Annotated[bool, typer.Option(
+    "--shared-fs", help="Local paths in the arguments are on a filesystem every node mounts at the same path.")]
 SubmissionId = Annotated[Optional[str], typer.Option(help="Your own job id (must be new on the cluster).")]
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _submit(job: str, ctx: typer.Context, address: str, wait: bool, working_dir: Optional[str],
-            runtime_env: Optional[str], env: Optional[list[str]], submission_id: Optional[str]) -> None:
-    from pipeline.cli.job_args import prepared_job_args
+            runtime_env: Optional[str], env: Optional[list[str]], submission_id: Optional[str],
+            shared_fs: bool = False) -> None:
     from pipeline.cli.options import parse_json_object
     from pipeline.submit import raise_for_status, submit
 
     with user_errors():
         extra_env = parse_json_object(runtime_env, "--runtime-env", '{"pip": ["s3fs==2024.6.1"]}')
-        cluster, job_id = submit(job, prepared_job_args(job, ctx.args), address, working_dir=working_dir, runtime_env=extra_env,
-                                 env=env or (), submission_id=submission_id)
+        cluster, job_id = submit(job, ctx.args, address, working_dir=working_dir, runtime_env=extra_env,
+                                 env=env or (), submission_id=submission_id, shared_fs=shared_fs)
         typer.echo(job_id)
         typer.echo(f"submitted {job} job {job_id} to {cluster.address}; follow it with "
                    f"'pipeline jobs logs {job_id} --follow --address {cluster.address}'", err=True)
@@ -59,23 +61,27 @@ def _submit(job: str, ctx: typer.Context, address: str, wait: bool, working_dir:
 
 @submit_app.command("label", context_settings=PASS_THROUGH)
 def submit_label(ctx: typer.Context, address: Address, wait: Wait = False, working_dir: WorkingDir = None,
-                 runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None) -> None:
+                 runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None,
+                 shared_fs: SharedFs = False) -> None:
     """Submit 'pipeline label SOURCE OUTPUT [OPTIONS]' to a cluster: every other argument goes to the job.
 
     SOURCE and OUTPUT are read on the cluster, so use object storage (s3://, gs://) or a shared
-    filesystem. The arguments are checked here with the same parser before anything is uploaded.
+    filesystem (--shared-fs); local paths are refused when the cluster runs on other machines. The
+    arguments are checked here with the same parser before anything is uploaded.
     """
-    _submit("label", ctx, address, wait, working_dir, runtime_env, env, submission_id)
+    _submit("label", ctx, address, wait, working_dir, runtime_env, env, submission_id, shared_fs)
 
 
 @submit_app.command("finetune", context_settings=PASS_THROUGH)
 def submit_finetune(ctx: typer.Context, address: Address, wait: Wait = False, working_dir: WorkingDir = None,
-                    runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None) -> None:
+                    runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None,
+                    shared_fs: SharedFs = False) -> None:
     """Submit 'pipeline finetune DATA OUTPUT [OPTIONS]' to a cluster: every other argument goes to the job.
 
-    DATA and OUTPUT are read and written on the cluster, so use object storage or a shared filesystem.
+    DATA and OUTPUT are read and written on the cluster, so use object storage or a shared filesystem
+    (--shared-fs); local paths are refused when the cluster runs on other machines.
     """
-    _submit("finetune", ctx, address, wait, working_dir, runtime_env, env, submission_id)
+    _submit("finetune", ctx, address, wait, working_dir, runtime_env, env, submission_id, shared_fs)
 
 
 def _time(millis: Optional[int]) -> str:

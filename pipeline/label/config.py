@@ -9,9 +9,11 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
+from pipeline.models.user_model import ModelSettings
 
 MODES = ("new", "resume", "overwrite")
 PRECISIONS = ("float32", "mixed")
+RESIZE_MODES = ("squash", "center-crop")
 
 
 def mode_from_flags(resume: bool, overwrite: bool) -> str:
@@ -41,15 +43,30 @@ class LabelConfig:
     rows_per_file: int = 10_000  # rows per committed part file
     seconds_per_file: float = 30.0  # also commit at least this often
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+    resize: str = "squash"  # squash (whole image) | center-crop (shorter side fits, centre kept)
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
     read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
     verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
     progress: bool = True  # print the progress line while labeling
+    # How to read a model file the user trained (--model PATH.keras/.h5/SavedModel); see ModelSettings.
+    classes: tuple[str, ...] | None = None  # output index -> name; None: class_0..class_{n-1}
+    preprocess: str | None = None  # rescale|caffe|tf|torch|none|<registry name>
+    input_size: int | None = None  # only when the model's input shape leaves the size open
+    head: str = "auto"  # auto|softmax|sigmoid|logits
+    multi_label: bool = False  # write every class at or above ``threshold``
+    threshold: float = 0.5  # multi-label cut-off
+
     max_error_rate: float | None = None  # stop early when more than this share of rows fail; None: never
     retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
     force_unlock: bool = False  # take OUTPUT's lease even if its holder's heartbeat has not expired
     lease_seconds: float = 60.0  # a lease without a heartbeat for this long is expired
+
+
+    @property
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(self.classes, self.preprocess, self.input_size, self.head, self.multi_label,
+                             self.threshold)
 
     def validate(self) -> None:
         """UserError naming the first setting out of range; the CLI, jobs/ and submit all get these checks."""
@@ -72,6 +89,8 @@ class LabelConfig:
         need(self.rows_per_file >= 1, f"--rows-per-file {self.rows_per_file} should be at least 1")
         need(self.seconds_per_file > 0, f"seconds per file {self.seconds_per_file} should be more than 0")
         need(self.precision in PRECISIONS, f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        need(self.resize in RESIZE_MODES, f"--resize '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+        need(0.0 <= self.threshold <= 1.0, f"--threshold {self.threshold} should be between 0 and 1")
         need(self.read_retries >= 0, f"--read-retries {self.read_retries} should be 0 or more")
         need(self.max_error_rate is None or 0 < self.max_error_rate <= 1,
              f"--max-error-rate {self.max_error_rate} should be a share between 0 (exclusive) and 1, e.g. 0.5")

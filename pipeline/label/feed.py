@@ -38,7 +38,7 @@ def decode_task_memory(task_size: int, size: int) -> int:
 
 
 def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any],
-                    retries: int = 5) -> dict[str, np.ndarray]:
+                    retries: int = 5, resize_mode: str = "squash") -> dict[str, np.ndarray]:
     """CPU task: fetch and decode every path of ``batch``; per-row ``error`` text and ``transient`` flag.
 
     Reads that fail for a reason that may pass get ``retries`` more rounds, 0.5 s, 1 s, 2 s, ...
@@ -55,7 +55,7 @@ def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: di
             if not pending:
                 break
             time.sleep(delay)
-            pending = _fetch_and_decode(pool, paths, pending, size, images, errors)
+            pending = _fetch_and_decode(pool, paths, pending, size, resize_mode, images, errors)
     for i in pending:
         transient[i] = True
     return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object),
@@ -63,7 +63,7 @@ def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: di
 
 
 def _fetch_and_decode(pool: ThreadPoolExecutor, paths: list[str], indices: list[int], size: int,
-                      images: np.ndarray, errors: list[str]) -> list[int]:
+                      resize_mode: str, images: np.ndarray, errors: list[str]) -> list[int]:
     """One round over ``indices``; fills ``images``/``errors`` and returns the indices worth another try."""
     retry: list[int] = []
     futures = {pool.submit(storage.read_bytes, paths[i]): i for i in indices}
@@ -78,7 +78,7 @@ def _fetch_and_decode(pool: ThreadPoolExecutor, paths: list[str], indices: list[
             errors[i] = f"unreadable after retries: {type(err).__name__}: {err}"
             retry.append(i)
             continue
-        result = decode_or_error(data, (size, size))
+        result = decode_or_error(data, (size, size), resize_mode=resize_mode)
         errors[i] = result.error or ""
         if result.image is not None:
             images[i] = result.image

@@ -31,7 +31,8 @@ from pipeline.label.output import PartWriter, check_writable, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
 from pipeline.listing import image_identity, list_images
-from pipeline.models.loading import check_model
+from pipeline.models.loading import check_model, model_identity
+from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
 
 
@@ -44,12 +45,15 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     started = time.monotonic()
     config.validate()
     storage.set_storage_options(config.storage_options)
-    check_model(config.model, config.weights)
-    size = model_input_size(config.model)
+    for note in check_model(config.model, config.weights, config.model_settings):
+        progress(note)
+    size = model_input_size(config.model, config.model_settings)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
-                         input_size=size, source=config.source, precision=config.precision, xla=config.xla)
+                         input_size=size, source=config.source, precision=config.precision, xla=config.xla,
+                         resize_mode=config.resize,
+                         model_identity=model_identity(config.model, config.weights, config.model_settings))
     check_writable(config.output)
     with Lease.acquire(config.output, config.lease_seconds, config.force_unlock) as lease:
         if lease.taken_over is not None:
@@ -178,7 +182,8 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     )
     dataset = dataset.map_batches(
         read_and_decode,
-        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries},
+        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries,
+                   "resize_mode": config.resize},
         batch_size=task_size,
         batch_format="numpy",
         num_cpus=config.cpus_per_decode,
@@ -186,9 +191,10 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     )
     dataset = dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "weights": config.weights, "top_k": config.top_k,
+        fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options,
-                               "precision": config.precision, "xla": config.xla},
+                               "precision": config.precision, "xla": config.xla,
+                               "settings": config.model_settings},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),

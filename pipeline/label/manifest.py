@@ -28,8 +28,8 @@ RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect rati
 # Fields that, when they differ, would give rows that are not comparable with the ones already written.
 # The source is recorded, not compared: it decides which images, not what their rows hold, so a resume
 # may finish a job from another listing of the same images (a list file of the ones left, say).
-COMPARED = ("model", "weights", "weights_digest", "top_k", "input_size", "resize", "precision", "xla",
-            "package_version")
+COMPARED = ("model", "weights", "model_identity", "weights_digest", "top_k", "input_size", "resize",
+            "resize_mode", "precision", "xla", "package_version")
 
 
 def package_version() -> str:
@@ -58,6 +58,8 @@ class RunManifest:
     input_size: int  # images are resized to input_size x input_size
     source: str  # SOURCE of the run that created OUTPUT, as given
     weights_digest: str | None = None  # sha256 of the loaded weights; known once the first rows arrive
+    model_identity: dict | None = None  # pipeline.models.loading.model_identity: kind, file digests, head, classes
+    resize_mode: str = "squash"  # squash | center-crop
     precision: str = "float32"  # float32 | mixed: float16 compute changes scores in the last digits
     xla: bool = False  # XLA compilation may reorder float arithmetic
     resize: str = RESIZE

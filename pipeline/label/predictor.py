@@ -1,4 +1,9 @@
-"""The predictor actor of the labeling job: one loaded model, decoded batches in, result rows out."""
+"""The predictor actor of the labeling job: one loaded model, decoded batches in, result rows out.
+
+Rows are written the same way for every output head: ``label``/``score`` hold the most probable class;
+``top_*`` hold the k best classes, or, with multi-label, every class at or above the threshold (best
+first, possibly none).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,24 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.models.loading import model_input_size
+from pipeline.models.shipping import Shippable
+from pipeline.models.user_model import ModelSettings
 from pipeline.results import SCHEMA
+
+__all__ = ["Predictor", "model_input_size"]
 
 
 class Predictor:
     """Actor: loads the model once, then turns decoded batches into top-k result rows."""
 
-    def __init__(self, model: str, weights: str, top_k: int, batch_size: int, storage_options: dict[str, Any],
-                 precision: str = "float32", xla: bool = False):
+    def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
+                 storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
+                 settings: ModelSettings | None = None):
+        from pipeline.models.shipping import receive
+        from pipeline.ray_session import quiet_tensorflow
+
+        quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
         import tensorflow as tf
 
         for gpu in tf.config.list_physical_devices("GPU"):
@@ -34,11 +49,11 @@ class Predictor:
         storage.set_storage_options(storage_options)
         if weights == "none":
             keras.utils.set_random_seed(0)  # the same random weights in every actor: rows stay comparable
-        loaded = load_model(model, weights)
+        loaded = load_model(receive(model), receive(weights), settings)  # local files were shipped by the driver
         self.weights_digest = weights_digest(loaded.keras_model)
         self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla)
-        self.model_name = self.classifier.loaded.name
-        size = self.classifier.loaded.input_size
+        self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
+        size = loaded.input_size
         self.classifier.predict(np.zeros((1, size, size, 3), np.uint8))  # trace now, while the first batches decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -48,30 +63,22 @@ class Predictor:
         n, k = len(errors), self.classifier.top_k
         ids = np.zeros((n, k), np.int32)
         scores = np.zeros((n, k), np.float32)
+        kept = np.zeros(n, np.int32)
         if ok.any():
             top = self.classifier.predict(batch["image"][ok])
-            ids[ok], scores[ok] = top.ids, top.scores
+            ids[ok], scores[ok], kept[ok] = top.ids, top.scores, top.kept
         names = self.classifier.names(ids)
         return pa.table(
             {
                 "path": [str(p) for p in batch["path"]],
                 "label": [names[i][0] if ok[i] else None for i in range(n)],
                 "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
-                "top_labels": [names[i] if ok[i] else [] for i in range(n)],
-                "top_scores": [scores[i].tolist() if ok[i] else [] for i in range(n)],
-                "top_ids": [ids[i].tolist() if ok[i] else [] for i in range(n)],
+                "top_labels": [names[i][: kept[i]] if ok[i] else [] for i in range(n)],
+                "top_scores": [scores[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
+                "top_ids": [ids[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
                 "model": [self.model_name] * n,
                 "weights_digest": [self.weights_digest] * n,
                 "error": errors,
             },
             schema=SCHEMA,
         ).append_column("transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
-
-
-def model_input_size(model: str) -> int:
-    """The square size images are decoded to, known without building the model."""
-    from pipeline.models import artifact
-    from pipeline.models.loading import resolve_spec
-
-    spec = resolve_spec(model)
-    return spec.input_size if spec is not None else artifact.read_meta(model).input_size

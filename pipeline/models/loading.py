@@ -1,8 +1,9 @@
 """Resolve what a user typed after ``--model`` / ``--weights`` into a ready classifier.
 
-A model is a registry name (weights ``imagenet``, ``none`` or a file/URL) or
-the location of a fine-tuned artifact. Every failure is a ``ModelLoadError``
-whose message says what failed and what to do instead.
+A model is a registry name (weights ``imagenet``, ``none`` or a file/URL), the
+location of a fine-tuned artifact, or the user's own model file (``.keras``,
+full-model ``.h5``, SavedModel folder) described by ``ModelSettings``. Every
+failure is a ``ModelLoadError`` whose message says what failed and what to do instead.
 """
 
 from __future__ import annotations
@@ -10,27 +11,30 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
 from pipeline import storage
-from pipeline.errors import UserError
-from pipeline.models import artifact
+from pipeline.models import artifact, user_model
+from pipeline.models.errors import ModelLoadError
 from pipeline.models.registry import (
     DEFAULT_MODEL,
     KERAS_DOWNLOAD,
+    PREPROCESS_MODES,
     REGISTRY,
     ModelSpec,
     UnknownModelError,
     get_spec,
+    preprocess_by_name,
+    preprocess_name,
 )
+from pipeline.models.user_model import HEADS, ModelSettings, UserModelSummary
+
+__all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "check_model", "load_model", "model_identity",
+           "model_input_size", "resolve_spec"]
 
 WEIGHTS_FILE_SUFFIXES = (".keras", ".h5", ".weights.h5")
-
-
-class ModelLoadError(UserError):
-    """A model or weights that cannot be loaded; the message tells the user what to do."""
 
 
 @dataclass
@@ -40,6 +44,10 @@ class LoadedModel:
     preprocess_input: Callable[..., Any]  # the base family's own preprocessing
     input_size: int  # square side length the images are resized to
     class_names: list[str]  # output index -> name
+    head: str = "softmax"  # what the outputs are: softmax | sigmoid | logits (see pipeline.inference)
+    multi_label: bool = False  # write every class whose probability reaches ``threshold``
+    threshold: float = 0.5  # multi-label cut-off
+    notes: list[str] = field(default_factory=list)  # how a user's model file is read, worth printing
 
 
 @lru_cache(maxsize=1)
@@ -50,51 +58,73 @@ def imagenet_class_names() -> list[str]:
         return [name for _wnid, name in json.load(f)["classes"]]
 
 
-def resolve_spec(model: str) -> ModelSpec | None:
-    """The registry entry for ``model``, None if it is an artifact location, else UnknownModelError."""
+def model_kind(model: str) -> str:
+    """'registry', 'artifact' (a 'pipeline finetune' folder) or 'user' (a model file); else a ModelLoadError."""
     key = model.lower().replace("-", "_")
     if key in REGISTRY:
-        return REGISTRY[key]
+        return "registry"
     if artifact.is_artifact(model):
-        return None
+        return "artifact"
+    if user_model.model_format(model) is not None:
+        return "user"
     if storage.is_url(model) or os.sep in model or os.path.exists(model):
         raise ModelLoadError(
-            f"model '{model}' is neither a registry name nor a fine-tuned model folder "
-            f"(no {artifact.META_FILE} there); pass a name from 'pipeline models' or the OUTPUT "
-            "folder of 'pipeline finetune'"
+            f"model '{model}' is not a model we can load: pass a registry name (see 'pipeline models'), "
+            "a .keras file, a full-model .h5 file, a SavedModel folder (with saved_model.pb), or the "
+            f"OUTPUT folder of 'pipeline finetune' (with {artifact.META_FILE})"
         )
-    get_spec(model)  # raises UnknownModelError with the closest names
+    try:
+        get_spec(model)  # raises UnknownModelError with the closest names
+    except UnknownModelError as err:
+        raise ModelLoadError(str(err)) from err
     raise AssertionError("unreachable")
 
 
-def check_model(model: str, weights: str = "imagenet") -> None:
-    """Validate ``--model``/``--weights`` before a job starts, raising ModelLoadError.
+def resolve_spec(model: str) -> ModelSpec | None:
+    """The registry entry for ``model``; None for an artifact or a user's model file; else ModelLoadError."""
+    return REGISTRY[model.lower().replace("-", "_")] if model_kind(model) == "registry" else None
 
-    Cheap for names, artifacts and weights files; for Keras-downloaded ImageNet weights it builds the
-    model once, which downloads and caches the file (and fails fast offline).
+
+def check_model(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> list[str]:
+    """Validate ``--model``/``--weights`` and the model settings before a job starts, raising ModelLoadError.
+
+    Returns lines worth printing before the job starts (how a user's model will be read). Cheap for names,
+    artifacts and weights files; a user's model file is loaded once here (to check its input, output
+    and classes; cached for this process); for Keras-downloaded ImageNet weights it builds the model
+    once, which downloads and caches the file (and fails fast offline).
     """
-    try:
-        spec = resolve_spec(model)
-    except UnknownModelError as err:
-        raise ModelLoadError(str(err)) from err
+    settings = settings or ModelSettings()
+    kind = model_kind(model)
+    if kind == "user":
+        return list(user_model_summary(model, weights, settings).notes)
+    _refuse_file_settings(model, settings)
+    spec = resolve_spec(model)
     if spec is None or weights == "none":
-        return
+        return []
     if weights == "imagenet":
         if spec.weights == KERAS_DOWNLOAD:
             # Fetch into Keras's cache now, so an offline machine fails here, not in every worker.
             _build_imagenet(spec)
-        return
+        return []
     if not storage.is_url(weights) and not os.path.exists(weights):
         raise ModelLoadError(f"weights file '{weights}' does not exist; pass an existing .keras/.h5/"
                              ".weights.h5 file or URL, 'imagenet' or 'none'")
+    return []
 
 
-def load_model(model: str = DEFAULT_MODEL, weights: str = "imagenet") -> LoadedModel:
-    """Build ``model`` with ``weights`` ('imagenet', 'none', or a path/URL to a weights file)."""
-    try:
-        spec = resolve_spec(model)
-    except UnknownModelError as err:
-        raise ModelLoadError(str(err)) from err
+def load_model(model: str = DEFAULT_MODEL, weights: str = "imagenet",
+               settings: ModelSettings | None = None) -> LoadedModel:
+    """Build ``model`` with ``weights`` ('imagenet', 'none', or a path/URL to a weights file).
+
+    ``settings`` (class names, preprocessing, head...) describe a user's own model file; registry
+    models and fine-tuned folders carry their own and refuse them.
+    """
+    settings = settings or ModelSettings()
+    kind = model_kind(model)
+    if kind == "user":
+        return _load_user_model(model, weights, settings)[0]
+    _refuse_file_settings(model, settings)
+    spec = resolve_spec(model)
     if spec is None:
         return _load_artifact(model)
     return LoadedModel(
@@ -161,6 +191,123 @@ def _load_artifact(location: str) -> LoadedModel:
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load fine-tuned model '{location}': {_first_line(err)}") from err
     return LoadedModel(location, keras_model, base.preprocess_input, meta.input_size, list(meta.class_names))
+
+
+def model_input_size(model: str, settings: ModelSettings | None = None) -> int:
+    """The square size images are decoded to, known before any worker builds the model."""
+    settings = settings or ModelSettings()
+    kind = model_kind(model)
+    if kind == "registry":
+        return get_spec(model).input_size
+    if kind == "artifact":
+        return artifact.read_meta(model).input_size
+    return user_model_summary(model, "imagenet", settings).input_size
+
+
+def model_identity(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> dict[str, Any]:
+    """What a run's manifest records about its model, as a plain JSON-able dict; equal dicts mean the same model.
+
+    Registry models: name and weights (with a digest of a weights file). Fine-tuned folders and user
+    model files: location and a sha256 of the model's bytes, plus what labeling reads them with
+    (preprocessing, class names, head, input size, multi-label threshold).
+    """
+    settings = settings or ModelSettings()
+    kind = model_kind(model)
+    if kind == "registry":
+        spec = get_spec(model)
+        identity: dict[str, Any] = {"kind": "registry", "model": spec.name, "weights": weights,
+                                    "input_size": spec.input_size}
+        if weights not in ("imagenet", "none"):
+            identity["weights_sha256"] = _digest(weights, "file")
+        return identity
+    if kind == "artifact":
+        meta = artifact.read_meta(model)
+        return {"kind": "finetuned", "model": model, "sha256": _digest(storage.join(model, artifact.MODEL_FILE), "file"),
+                "base": meta.base, "input_size": meta.input_size, "classes": list(meta.class_names)}
+    summary = user_model_summary(model, weights, settings)
+    return {"kind": summary.format, "model": model, "sha256": _digest(model, summary.format),
+            "preprocess": summary.preprocess, "classes": list(summary.class_names), "head": summary.head,
+            "input_size": summary.input_size, "multi_label": settings.multi_label,
+            "threshold": settings.threshold if settings.multi_label else None}
+
+
+def user_model_summary(model: str, weights: str, settings: ModelSettings) -> UserModelSummary:
+    """How a user's model file will be read (input size, head, class names), cached per file version."""
+    return _cached_summary(model, weights, settings, _stamp(model))
+
+
+@lru_cache(maxsize=8)
+def _cached_summary(model: str, weights: str, settings: ModelSettings, stamp: str) -> UserModelSummary:
+    return _load_user_model(model, weights, settings)[1]
+
+
+@lru_cache(maxsize=8)
+def _cached_digest(location: str, fmt: str, stamp: str) -> str:
+    return user_model.file_digest(user_model.fetch(location, fmt))
+
+
+def _digest(location: str, fmt: str) -> str:
+    return _cached_digest(location, fmt, _stamp(location))
+
+
+def _stamp(location: str) -> str:
+    """Changes when a local model file or folder changes (a remote one is keyed by its ETag in the cache)."""
+    if storage.is_url(location):
+        return ""
+    path = os.path.join(location, "saved_model.pb") if os.path.isdir(location) else location
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+def _refuse_file_settings(model: str, settings: ModelSettings) -> None:
+    given = settings.given()
+    if given:
+        raise ModelLoadError(f"{', '.join(given)} describe a model file you trained yourself; '{model}' is a "
+                             "registry model or fine-tuned folder that carries its own classes, preprocessing "
+                             f"and input size. Leave {', '.join(given)} out")
+
+
+def _load_user_model(location: str, weights: str, settings: ModelSettings) -> tuple[LoadedModel, UserModelSummary]:
+    """Load a user's .keras/.h5/SavedModel, check it against ``settings``, and say how it will be read."""
+    fmt = user_model.model_format(location)
+    if weights != "imagenet":
+        raise ModelLoadError(f"--weights applies to registry models; '{location}' carries its own weights. "
+                             "Leave --weights out")
+    if fmt != "weights":
+        if settings.head not in HEADS:
+            raise ModelLoadError(f"--head '{settings.head}' is not one of {', '.join(HEADS)}")
+        if not 0.0 < settings.threshold < 1.0:
+            raise ModelLoadError(f"--threshold {settings.threshold} should be a probability between 0 and 1")
+        if settings.preprocess is None:
+            modes = "; ".join(f"{name}: {text}" for name, text in PREPROCESS_MODES.items())
+            raise ModelLoadError(f"say how '{location}' expects its pixels scaled with --preprocess "
+                                 f"({modes}; or the registry name of its base, e.g. resnet50). A wrong "
+                                 "choice gives confident wrong labels")
+        try:
+            preprocess = preprocess_name(settings.preprocess)
+        except UnknownModelError as err:
+            raise ModelLoadError(str(err)) from err
+    local = user_model.fetch(location, fmt) if fmt != "weights" else location
+    model = user_model.load_callable(location, fmt, local)
+    input_shape, output_shape = user_model.shapes(model, location)
+    size = user_model.image_input_size(input_shape, location, settings.input_size)
+    units = user_model.output_units(output_shape, location)
+    preprocess_fn = preprocess_by_name(preprocess)
+    detected = settings.head == "auto"
+    head = user_model.detect_head(model, preprocess_fn, size, units) if detected else settings.head
+    names, notes = user_model.class_names_for(units, settings.classes, location)
+    how = "detected; declare it with --head if wrong" if detected else "declared"
+    reading = "multi-label: every class at or above --threshold " + f"{settings.threshold:g}" \
+        if settings.multi_label else "top-k"
+    notes.insert(0, f"model {location} ({fmt}): {size}x{size} input, --preprocess {preprocess}, {head} head "
+                    f"({how}), {len(names)} classes, {reading}")
+    loaded = LoadedModel(location, model, preprocess_fn, size, list(names), head=head,
+                         multi_label=settings.multi_label, threshold=settings.threshold, notes=list(notes))
+    summary = UserModelSummary(location, fmt, size, units, head, detected, names, preprocess, tuple(notes))
+    return loaded, summary
 
 
 def _first_line(err: BaseException) -> str:

@@ -150,6 +150,54 @@ def get_spec(name: str) -> ModelSpec:
     raise UnknownModelError(f"unknown model '{name}'; {hint}see 'pipeline models' for the list")
 
 
+def rescale_input(x, data_format=None):
+    """Scale RGB pixels in [0, 255] to [0, 1]: rescale (1/255, as the tutorials' ImageDataGenerator(rescale=1/255))."""
+    return x / 255.0
+
+
+def no_preprocessing(x, data_format=None):
+    """Pass pixels through unchanged: the model scales its own inputs (a Rescaling layer inside it)."""
+    return x
+
+
+# ``--preprocess`` names that are not a registry model; each is Keras's own function, never a copy.
+PREPROCESS_MODES = {
+    "rescale": "x / 255, as ImageDataGenerator(rescale=1/255) in the Keras tutorials",
+    "tf": "scaled to [-1, 1] (keras.applications inception_v3, mobilenet, xception, ...)",
+    "caffe": "BGR, ImageNet mean subtracted (vgg16, vgg19, resnet50, ...)",
+    "torch": "ImageNet mean/std (densenet, ...)",
+    "none": "pixels 0-255 unchanged: the model scales its own input",
+}
+
+
+def preprocess_by_name(name: str) -> Callable[..., Any]:
+    """The preprocessing function for ``--preprocess NAME``: a mode from PREPROCESS_MODES or a registry name.
+
+    A registry name gives that family's own ``preprocess_input`` (for a model built on that base).
+    """
+    key = name.lower().replace("-", "_")
+    if key == "rescale":
+        return rescale_input
+    if key == "none":
+        return no_preprocessing
+    if key in ("tf", "caffe", "torch"):
+        from keras.applications import imagenet_utils
+
+        return partial(imagenet_utils.preprocess_input, mode=key)
+    if key in REGISTRY:
+        return REGISTRY[key].preprocess_input
+    close = difflib.get_close_matches(key, [*PREPROCESS_MODES, *REGISTRY], n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UnknownModelError(f"unknown --preprocess '{name}'; {hint}use one of {', '.join(PREPROCESS_MODES)} "
+                            "or the registry name of the model's base (see 'pipeline models')")
+
+
+def preprocess_name(name: str) -> str:
+    """The canonical spelling of a valid ``--preprocess`` value (raises UnknownModelError otherwise)."""
+    preprocess_by_name(name)
+    return name.lower().replace("-", "_")
+
+
 def describe_preprocessing(fn: Callable[..., Any]) -> str:
     """Name what ``fn`` does by running it on a probe and comparing with Keras's standard modes."""
     from keras.applications import imagenet_utils

@@ -1,0 +1,29 @@
+"""``pipeline report``: a self-contained HTML page to review a labeling job's images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.app import app, user_errors
+
+
+@app.command("report")
+def report_command(
+    output: Annotated[str, typer.Argument(help="OUTPUT of a labeling job (folder or URL).")],
+    report: Annotated[str, typer.Argument(help="The HTML file to write (local path or URL).")],
+    label: Annotated[Optional[str], typer.Option(help="Only this top-1 label.")] = None,
+    max_per_label: Annotated[int, typer.Option(min=1, help="Thumbnails per label, least confident first.")] = 24,
+    min_score: Annotated[Optional[float], typer.Option(help="Only rows whose top-1 score is at least this.")] = None,
+    storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON.")] = None,
+) -> None:
+    """Write one HTML file with thumbnails per label (least confident first), the errors and two charts."""
+    from pipeline.cli.options import apply_storage_options
+    from pipeline.report import build_report
+
+    with user_errors():
+        apply_storage_options(storage_options)
+        summary = build_report(output, report, label=label, max_per_label=max_per_label, min_score=min_score)
+    typer.echo(f"{summary.rows} rows, {summary.labels} labels, {summary.errors} errors, "
+               f"{summary.thumbnails} thumbnails -> {report} ({summary.bytes / 2**20:.1f} MiB)")

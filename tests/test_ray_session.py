@@ -1,0 +1,56 @@
+"""ray_session on a real local Ray: worker output stays off the console unless verbose, errors still arrive,
+and the workers' TensorFlow log level is a default that a user's own setting overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import ray
+    from pipeline.ray_session import ray_session
+
+    @ray.remote
+    def shout():
+        import os
+        print("WORKER-SAYS-HI", flush=True)
+        return os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+    @ray.remote
+    def fail():
+        raise ValueError("bad input in a task")
+
+    with ray_session(None, verbose=sys.argv[1] == "verbose"):
+        print("level", ray.get(shout.remote()))
+        try:
+            ray.get(fail.remote())
+        except ValueError as err:
+            print("caught", err)
+        time.sleep(2)  # give the log monitor time to forward what it would forward
+""")
+
+
+def run(mode: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL"}}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300,
+                          env=environ)
+
+
+def test_workers_are_quiet_unless_verbose_and_errors_still_arrive():
+    quiet = run("quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "WORKER-SAYS-HI" not in quiet.stdout + quiet.stderr
+    assert "caught" in quiet.stdout and "ValueError: bad input in a task" in quiet.stdout
+    assert "level 2" in quiet.stdout  # the default reaches a local Ray's workers
+
+    verbose = run("verbose", TF_CPP_MIN_LOG_LEVEL="0")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "WORKER-SAYS-HI" in verbose.stdout + verbose.stderr
+    assert "level 0" in verbose.stdout  # the user's own value wins

@@ -24,11 +24,18 @@ SCHEMA = pa.schema(
         ("top_scores", pa.list_(pa.float32())),  # k probabilities
         ("top_ids", pa.list_(pa.int32())),  # k class indices
         ("model", pa.string()),  # model name or artifact location
+        ("weights_digest", pa.string()),  # sha256 of the weights the predictor actually loaded
         ("error", pa.string()),  # null when fine, else what went wrong
     ]
 )
 PART_PREFIX = "part-"
 TMP_PREFIX = ".tmp-"
+# Our own files beside the parts; the leading underscore keeps pandas/pyarrow from reading them as data.
+MANIFEST_NAME = "_pipeline_manifest.json"
+LEASE_NAME = "_pipeline_lease.json"
+OWN_PREFIX = "_pipeline_"  # the manifest, the lease and the lease's own short-lived files
+# Parquet key-value metadata that marks a part file as written by this tool (value: the manifest's run id).
+PART_OWNER_KEY = b"pipeline.label.run"
 
 
 def output_entries(output: str) -> list[str]:
@@ -54,8 +61,9 @@ def part_files(output: str) -> list[str]:
 
 
 def other_files(output: str) -> list[str]:
-    """Entries in ``output`` that are not ours (their presence makes OUTPUT 'not empty')."""
-    return [p for p in output_entries(output) if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX))]
+    """Entries in ``output`` that are not named like ours (their presence makes OUTPUT 'not empty')."""
+    return [p for p in output_entries(output)
+            if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX, OWN_PREFIX))]
 
 
 def read_results(output: str) -> pd.DataFrame:
@@ -66,9 +74,13 @@ def read_results(output: str) -> pd.DataFrame:
     tables = []
     for part in parts:
         fs, path = storage.filesystem(part)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f))
-    return pa.concat_tables(tables).to_pandas()
+        try:
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+        except (pa.ArrowException, OSError) as err:
+            raise UserError(f"part file '{part}' cannot be read ({type(err).__name__}: {err}); "
+                            "it is damaged or was not written by 'pipeline label'") from err
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 @dataclass

@@ -101,6 +101,54 @@ def test_glob_list_files_and_limit(photo_dir, tmp_path):
     assert len(pd.read_parquet(tmp_path / "pq")) == 3
 
 
+def test_list_file_entries_have_one_identity_with_folder_listings(photo_dir, tmp_path):
+    """Relative entries resolve against the list file's folder; every spelling of a file is one image."""
+    lists = photo_dir / "lists"
+    lists.mkdir()
+    (lists / "relative.txt").write_text("../coffee.png\n../chelsea.png\n./../coffee.png\n"
+                                        f"{photo_dir}/./chelsea.png\n")
+    out = tmp_path / "out"
+    result = _label(str(lists / "relative.txt"), str(out))
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert sorted(frame["path"]) == [str(photo_dir / "chelsea.png"), str(photo_dir / "coffee.png")]
+    assert frame["error"].isna().all()
+    # The folder listing names the same two files the same way: resume sees them as done.
+    resumed = _label(str(photo_dir), str(out), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "labeled 2 images (0 errors, 1 ignored files, 2 already done)" in resumed.output
+    assert len(pd.read_parquet(out)) == 4 and pd.read_parquet(out)["path"].is_unique
+
+
+def test_retry_errors_relabels_failed_rows_once_and_max_error_rate_stops_early(photo_dir, photos, tmp_path):
+    data = photos["coffee"].read_bytes()
+    (photo_dir / "late.png").write_bytes(data[: len(data) // 3])  # not fully uploaded yet
+    out = tmp_path / "out"
+    first = _label(str(photo_dir), str(out))
+    assert "labeled 5 images (1 errors" in first.output
+    (photo_dir / "late.png").write_bytes(data)  # the upload finished
+    plain = _label(str(photo_dir), str(out), "--resume")
+    assert "labeled 0 images" in plain.output  # error rows count as answered...
+    retried = _label(str(photo_dir), str(out), "--resume", "--retry-errors")
+    assert retried.exit_code == 0, retried.output
+    assert "labeled 1 images (0 errors, 0 ignored files, 4 already done)" in retried.output
+    frame = pd.read_parquet(out)
+    assert len(frame) == 5 and frame["path"].is_unique and frame["error"].isna().all()
+    assert frame.set_index("path").loc[str(photo_dir / "late.png"), "label"] == "espresso"
+    alone = _label(str(photo_dir), str(tmp_path / "x"), "--retry-errors")
+    assert alone.exit_code == 2 and "pass it with --resume" in alone.output
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(40):
+        (broken / f"{i:02d}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    shutil.copy(photos["coffee"], broken / "ok.png")
+    stopped = _label(str(broken), str(tmp_path / "stopped"), "--max-error-rate", "0.5")
+    assert stopped.exit_code == 1 and "stopped early" in stopped.output and "--max-error-rate 0.5" in stopped.output
+    bad_rate = _label(str(broken), str(tmp_path / "y"), "--max-error-rate", "1.5")
+    assert bad_rate.exit_code == 2 and "--max-error-rate 1.5" in bad_rate.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -131,6 +179,8 @@ def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
     assert shown.output.startswith("8 rows, 3 errors")
     assert "espresso" in shown.output and "least confident:" in shown.output
     assert "zero.jpg: empty file" in shown.output
+    assert "run manifest" in shown.output and "model: efficientnet_lite0" in shown.output
+    assert "top_k: 5" in shown.output and "weights_digest: sha256:" in shown.output
     only_errors = runner.invoke(app, ["show", str(out), "--errors"])
     assert "label counts" not in only_errors.output and "notes.png: not an image" in only_errors.output
     espresso = runner.invoke(app, ["show", str(out), "--label", "espresso"])

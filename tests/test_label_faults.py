@@ -72,9 +72,12 @@ def test_resume_after_driver_killed_is_exactly_once(many_photos, tmp_path):
         _kill_session(proc)
     written_before = len(pd.read_parquet(out)) if list(out.glob("part-*")) else 0
     assert 0 < written_before < 4 * N_COPIES, f"{written_before} rows before the kill"
+    # kill -9 left the lease behind with a fresh heartbeat; the user knows that run is dead.
     resumed = subprocess.run([sys.executable, "-m", "pipeline", "label", str(many_photos), str(out),
-                              "--resume", "--batch-size", "8"], capture_output=True, text=True, timeout=600)
+                              "--resume", "--force-unlock", "--batch-size", "8"],
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f":{proc.pid} since" in resumed.stderr  # took over the killed run's lease
     done_now = 4 * N_COPIES - written_before
     assert f"labeled {done_now} images (0 errors, 0 ignored files, {written_before} already done)" in resumed.stdout
     frame = _check_exactly_once(out, many_photos)

@@ -77,8 +77,16 @@ def test_label_from_s3_to_s3_with_weights_from_s3(s3, s3_endpoint, photos, lite0
     assert cat["label"] in {"tabby", "tiger cat", "Egyptian cat"}
     assert frame.set_index("path").loc["s3://photos-bucket/in/broken.jpg", "error"]
 
+    other_weights = runner.invoke(app, ["label", "s3://photos-bucket/in", "s3://photos-bucket/out", "--resume",
+                                        "--storage-options", json.dumps(options)])
+    assert other_weights.exit_code == 2
+    assert "weights: OUTPUT has 's3://photos-bucket/models/lite0.weights.h5', this run has 'imagenet'" in (
+        other_weights.output)
     resumed = runner.invoke(app, ["label", "s3://photos-bucket/in", "s3://photos-bucket/out", "--resume",
+                                  "--weights", "s3://photos-bucket/models/lite0.weights.h5",
                                   "--storage-options", json.dumps(options)])
     assert resumed.exit_code == 0 and "labeled 0 images" in resumed.output
+    assert s3.exists("photos-bucket/out/_pipeline_manifest.json")
+    assert not s3.exists("photos-bucket/out/_pipeline_lease.json")  # released
     shown = runner.invoke(app, ["show", "s3://photos-bucket/out", "--storage-options", json.dumps(options)])
     assert shown.exit_code == 0 and shown.output.startswith("5 rows, 1 errors")

@@ -47,6 +47,38 @@ def parse_concurrency(text: str) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
+def label_config(source: str, output: str, model: str, weights: str, top_k: int, batch_size: int,
+                 batches_per_task: int, concurrency: str, num_gpus: float, cpus_per_decode: float,
+                 cpus_per_actor: float, resume: bool, overwrite: bool, address: Optional[str],
+                 limit: Optional[int], rows_per_file: int, storage_options: Optional[str],
+                 resize, precision, xla: bool, read_retries: int, verbose: bool,
+                 classes: Optional[str], preprocess: Optional[str], input_size: Optional[int], head,
+                 multi_label: bool, threshold: float,
+                 max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
+                 lease_seconds: float, **_: object):
+    """The LabelConfig the parsed options describe (reads a --classes file, nothing else)."""
+    from pipeline.cli.options import parse_json_object
+    from pipeline.label import LabelConfig
+    from pipeline.label.config import mode_from_flags
+    from pipeline.storage import storage_options as current_options
+
+    options = parse_json_object(storage_options, "--storage-options", "{}")
+    settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
+    return LabelConfig(
+        source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
+        batches_per_task=batches_per_task, concurrency=parse_concurrency(concurrency), num_gpus=num_gpus,
+        cpus_per_decode=cpus_per_decode, cpus_per_actor=cpus_per_actor, mode=mode_from_flags(resume, overwrite),
+        address=address, limit=limit, rows_per_file=rows_per_file,
+        storage_options=options if options is not None else current_options(),
+        resize=getattr(resize, "value", resize),
+        precision=getattr(precision, "value", precision), xla=xla, read_retries=read_retries, verbose=verbose,
+        classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
+        head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
+        max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
+        lease_seconds=lease_seconds,
+    )
+
+
 @app.command("label")
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
@@ -85,27 +117,22 @@ def label_command(
     head: HeadOption = Head.auto,
     multi_label: MultiLabelOption = False,
     threshold: ThresholdOption = 0.5,
+    max_error_rate: Annotated[Optional[float], typer.Option(
+        help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = None,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", help="With --resume: label again the images whose rows hold an error.")] = False,
+    force_unlock: Annotated[bool, typer.Option(
+        "--force-unlock", help="Take OUTPUT's lease from a run that was killed, without waiting for it to expire.")] = False,
+    lease_seconds: Annotated[float, typer.Option(
+        help="A run's lease on OUTPUT expires this long after its last heartbeat.", hidden=True)] = 60.0,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options
-    from pipeline.label import LabelConfig, run_label_job
-    from pipeline.storage import storage_options as current_options
+    from pipeline.label import run_label_job
 
     with user_errors():
-        if resume and overwrite:
-            raise UserError("--resume and --overwrite exclude each other")
-        apply_storage_options(storage_options)
-        settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
-        config = LabelConfig(
-            source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,
-            batches_per_task=batches_per_task,
-            concurrency=parse_concurrency(concurrency), num_gpus=num_gpus, cpus_per_decode=cpus_per_decode,
-            cpus_per_actor=cpus_per_actor, mode="resume" if resume else "overwrite" if overwrite else "new",
-            address=address, limit=limit, rows_per_file=rows_per_file, storage_options=current_options(),
-            resize=resize.value, precision=precision.value, xla=xla, read_retries=read_retries, verbose=verbose,
-            classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
-            head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
-        )
+        apply_storage_options(storage_options)  # also reaches this process's storage layer
+        config = label_config(**locals())
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))
 
@@ -121,10 +148,12 @@ def show_command(
 ) -> None:
     """Print label counts, the least confident rows and the errors of a labeling job's OUTPUT."""
     from pipeline.cli.options import apply_storage_options
+    from pipeline.label.manifest import read_manifest
     from pipeline.results import read_results, summarize
 
     with user_errors():
         apply_storage_options(storage_options)
+        manifest = read_manifest(output)
         summary = summarize(read_results(output), label=label, min_score=min_score, limit=limit)
     typer.echo(f"{summary.rows} rows, {summary.errors} errors")
     if not errors:
@@ -137,3 +166,7 @@ def show_command(
     typer.echo("\nerrors:" if summary.errors else "\nerrors: none")
     for row in summary.error_rows.itertuples():
         typer.echo(f"  {row.path}: {row.error}")
+    if manifest is not None:
+        typer.echo("\nrun manifest (what every row was made with):")
+        for line in manifest.lines():
+            typer.echo(f"  {line}")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.models.user_model import ModelSettings
+
+MODES = ("new", "resume", "overwrite")
+PRECISIONS = ("float32", "mixed")
+RESIZE_MODES = ("squash", "center-crop")
+
+
+def mode_from_flags(resume: bool, overwrite: bool) -> str:
+    """--resume / --overwrite as one mode; both at once is a usage error."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: --resume keeps OUTPUT's rows, "
+                        "--overwrite deletes them; pass one")
+    return "resume" if resume else "overwrite" if overwrite else "new"
 
 
 @dataclass
@@ -42,10 +57,52 @@ class LabelConfig:
     multi_label: bool = False  # write every class at or above ``threshold``
     threshold: float = 0.5  # multi-label cut-off
 
+    max_error_rate: float | None = None  # stop early when more than this share of rows fail; None: never
+    retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
+    force_unlock: bool = False  # take OUTPUT's lease even if its holder's heartbeat has not expired
+    lease_seconds: float = 60.0  # a lease without a heartbeat for this long is expired
+
+
     @property
     def model_settings(self) -> ModelSettings:
         return ModelSettings(self.classes, self.preprocess, self.input_size, self.head, self.multi_label,
                              self.threshold)
+
+    def validate(self) -> None:
+        """UserError naming the first setting out of range; the CLI, jobs/ and submit all get these checks."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        need(bool(self.source), "SOURCE is empty; pass a folder, a glob or a list file")
+        need(bool(self.output), "OUTPUT is empty; pass a folder or bucket prefix")
+        need(self.mode in MODES, f"mode '{self.mode}' is not one of {', '.join(MODES)}")
+        need(isinstance(self.top_k, int) and self.top_k >= 1, f"--top-k {self.top_k} should be at least 1")
+        need(self.batch_size >= 1, f"--batch-size {self.batch_size} should be at least 1")
+        need(self.batches_per_task >= 1, f"--batches-per-task {self.batches_per_task} should be at least 1")
+        low, high = self.concurrency
+        need(1 <= low <= high, f"--concurrency {low},{high} should be N or MIN,MAX with 1 <= MIN <= MAX")
+        need(self.num_gpus >= 0, f"--num-gpus {self.num_gpus} should be 0 or more")
+        need(self.cpus_per_decode > 0 and self.cpus_per_actor > 0,
+             "--cpus-per-decode and --cpus-per-actor should be more than 0")
+        need(self.limit is None or self.limit >= 1, f"--limit {self.limit} should be at least 1")
+        need(self.rows_per_file >= 1, f"--rows-per-file {self.rows_per_file} should be at least 1")
+        need(self.seconds_per_file > 0, f"seconds per file {self.seconds_per_file} should be more than 0")
+        need(self.precision in PRECISIONS, f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        need(self.resize in RESIZE_MODES, f"--resize '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+        need(0.0 <= self.threshold <= 1.0, f"--threshold {self.threshold} should be between 0 and 1")
+        need(self.read_retries >= 0, f"--read-retries {self.read_retries} should be 0 or more")
+        need(self.max_error_rate is None or 0 < self.max_error_rate <= 1,
+             f"--max-error-rate {self.max_error_rate} should be a share between 0 (exclusive) and 1, e.g. 0.5")
+        need(not self.retry_errors or self.mode == "resume",
+             "--retry-errors re-labels the error rows of a previous run; pass it with --resume")
+        need(math.isfinite(self.lease_seconds) and self.lease_seconds >= 1,
+             f"lease seconds {self.lease_seconds} should be at least 1")
+        need(isinstance(self.storage_options, dict), "--storage-options should be a JSON object")
+        try:
+            json.dumps(self.storage_options)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"--storage-options cannot be passed to Ray workers as JSON ({err})") from None
 
 
 @dataclass
@@ -56,6 +113,7 @@ class LabelSummary:
     errors: int  # rows written with an error
     ignored: int  # non-image files in SOURCE
     seconds: float
+    retried: int = 0  # error rows removed for --retry-errors (their paths labeled again)
     transient: int = 0  # images whose reads still failed after retries: not stored, left for --resume
     startup_seconds: float = 0.0  # from the start to the first result (Ray, TensorFlow, model load)
     steady_images_per_second: float = 0.0  # rate after the first result arrived

@@ -25,14 +25,15 @@ from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.label.config import LabelConfig, LabelSummary
 from pipeline.label.feed import decode_task_memory, read_and_decode
-from pipeline.label.output import PartWriter, prepare_output
+from pipeline.label.lease import Lease
+from pipeline.label.manifest import RunManifest
+from pipeline.label.output import PartWriter, check_writable, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
-from pipeline.listing import list_images
-from pipeline.models.loading import check_model
+from pipeline.listing import image_identity, list_images
+from pipeline.models.loading import check_model, model_identity
 from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
-
 
 
 def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
@@ -42,19 +43,30 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     read because of transient storage errors: they are not stored, so ``--resume`` retries them.
     """
     started = time.monotonic()
+    config.validate()
     storage.set_storage_options(config.storage_options)
     for note in check_model(config.model, config.weights, config.model_settings):
         progress(note)
     size = model_input_size(config.model, config.model_settings)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
-    done = prepare_output(config.output, config.mode)
-    todo = [p for p in paths if p not in done]
-    summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0)
-    progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
-             f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
-    if todo:
-        _run_on_ray(config, todo, size, summary, started)
+    wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
+                         input_size=size, source=config.source, precision=config.precision, xla=config.xla,
+                         resize_mode=config.resize,
+                         model_identity=model_identity(config.model, config.weights, config.model_settings))
+    check_writable(config.output)
+    with Lease.acquire(config.output, config.lease_seconds, config.force_unlock) as lease:
+        if lease.taken_over is not None:
+            progress(f"took over the lease of a run that stopped: {lease.taken_over.describe()}")
+        state = prepare_output(config.output, config.mode, wanted, config.retry_errors)
+        todo = [p for p in paths if image_identity(p) not in state.done]
+        summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0, retried=state.retried)
+        progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
+                 f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
+        if todo:
+            writer = PartWriter(config.output, state.manifest, config.rows_per_file, config.seconds_per_file,
+                                before_commit=lease.check)
+            _run_on_ray(config, todo, size, summary, writer, started)
     summary.seconds = time.monotonic() - started
     if summary.transient:
         progress(summary.line(config.output))
@@ -65,12 +77,36 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     return summary
 
 
-def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary, started: float) -> None:
+def _model_identity(model: str) -> str:
+    """The registry's own spelling of a name (EfficientNet-Lite0 -> efficientnet_lite0), else the location."""
+    from pipeline.models.loading import resolve_spec
+
+    spec = resolve_spec(model)
+    return spec.name if spec is not None else model
+
+
+def _error_rate_exceeded(config: LabelConfig, summary: LabelSummary, todo: int, table: pa.Table) -> str | None:
+    """--max-error-rate: why to stop, once enough rows are in to judge and too many of them failed."""
+    seen = summary.labeled
+    if config.max_error_rate is None or seen < min(todo, MIN_ROWS_FOR_ERROR_RATE):
+        return None
+    if summary.errors / seen <= config.max_error_rate:
+        return None
+    example = next((e for e in table.column("error").to_pylist() if e), "")
+    return (f"stopped early: {summary.errors} of the first {seen} images failed, more than --max-error-rate "
+            f"{config.max_error_rate:g} (e.g. '{example[:120]}'); check SOURCE, credentials and "
+            "--storage-options, then re-run with --resume --retry-errors")
+
+
+MIN_ROWS_FOR_ERROR_RATE = 32  # rows seen before --max-error-rate judges (fewer: one bad batch decides)
+
+
+def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary,
+                writer: PartWriter, started: float) -> None:
     meter = Progress(len(todo), enabled=config.progress)
     meter.started = started
     with ray_session(config.address, verbose=config.verbose):
         try:
-            writer = PartWriter(config.output, config.rows_per_file, config.seconds_per_file)
             for table in _prediction_stream(config, todo, size):
                 table = _hold_back_transient(table, summary)
                 writer.add(table)
@@ -78,8 +114,12 @@ def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelS
                 summary.labeled += table.num_rows
                 summary.errors += errors
                 meter.update(table.num_rows, errors)
+                stop = _error_rate_exceeded(config, summary, len(todo), table)
+                if stop:
+                    writer.flush()  # keep what was answered: 'pipeline show --errors' lists the failures
+                    raise JobFailedError(stop)
             writer.flush()
-        except (UserError, KeyboardInterrupt):
+        except (UserError, JobFailedError, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
             print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)

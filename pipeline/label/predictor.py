@@ -38,18 +38,22 @@ class Predictor:
             tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)  # fractional-GPU actors share a card
-        if precision == "mixed":
-            import keras
+        import keras
 
+        if precision == "mixed":
             # float16 compute, float32 variables: tensor cores on GPU. Applies to models built here
             # (the registry); a saved model keeps the dtype policy it was saved with.
             keras.mixed_precision.set_global_policy("mixed_float16")
 
         from pipeline.inference import CompiledClassifier
+        from pipeline.label.manifest import weights_digest
         from pipeline.models.loading import load_model
 
         storage.set_storage_options(storage_options)
+        if weights == "none":
+            keras.utils.set_random_seed(0)  # the same random weights in every actor: rows stay comparable
         loaded = load_model(receive(model), receive(weights), settings)  # local files were shipped by the driver
+        self.weights_digest = weights_digest(loaded.keras_model)
         self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla)
         self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
         size = loaded.input_size
@@ -76,6 +80,7 @@ class Predictor:
                 "top_scores": [scores[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
                 "top_ids": [ids[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
                 "model": [self.model_name] * n,
+                "weights_digest": [self.weights_digest] * n,
                 "error": errors,
             },
             schema=SCHEMA,

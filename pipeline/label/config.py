@@ -80,8 +80,9 @@ class LabelConfig:
         need(isinstance(self.top_k, int) and self.top_k >= 1, f"--top-k {self.top_k} should be at least 1")
         need(self.batch_size >= 1, f"--batch-size {self.batch_size} should be at least 1")
         need(self.batches_per_task >= 1, f"--batches-per-task {self.batches_per_task} should be at least 1")
-        low, high = self.concurrency
-        need(1 <= low <= high, f"--concurrency {low},{high} should be N or MIN,MAX with 1 <= MIN <= MAX")
+        if self.concurrency is not None:  # None: auto
+            low, high = self.concurrency
+            need(1 <= low <= high, f"--concurrency {low},{high} should be auto, N or MIN,MAX with 1 <= MIN <= MAX")
         need(self.num_gpus >= 0, f"--num-gpus {self.num_gpus} should be 0 or more")
         need(self.cpus_per_decode > 0 and self.cpus_per_actor > 0,
              "--cpus-per-decode and --cpus-per-actor should be more than 0")

@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from label_throughput import make_photos  # noqa: E402
+from label_throughput import _tree_rss, make_photos  # noqa: E402
 
 PEER = r'''
 import sys, time, json
@@ -70,16 +70,25 @@ SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(([\d.]+) s to
 def run_label(source: str, out: str, model: str, weights: str, extra: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "pipeline", "label", source, out, "--model", model, "--weights", weights,
            "--overwrite", *extra]
+    import psutil
+
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(root))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"pipeline label failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    match = SUMMARY.search(proc.stdout)
+        raise SystemExit(f"pipeline label failed ({proc.returncode}):\n{stderr[-3000:]}")
+    match = SUMMARY.search(stdout)
     if not match:
-        raise SystemExit(f"no summary line in:\n{proc.stdout}")
+        raise SystemExit(f"no summary line in:\n{stdout}")
     rows, seconds, startup, steady = match.groups()
-    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady)}
+    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady),
+            "peak_gib": peak / 2**30}
 
 
 def machine_limit(model: str, weights: str, folder: Path, batch: int) -> dict:
@@ -198,7 +207,8 @@ def main() -> None:
                 os.link(f, subset / f.name)
             label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
             line = (f"N={n}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to the first result, "
-                    f"steady {label['steady']:.1f} img/s = {label['steady'] / limit['limit']:.2f}x the machine limit)")
+                    f"steady {label['steady']:.1f} img/s = {label['steady'] / limit['limit']:.2f}x the machine limit, "
+                    f"peak RSS {label['peak_gib']:.2f} GiB)")
             if not args.skip_peer:
                 peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
                                 args.batch_size, work)

@@ -51,3 +51,16 @@ def lite0():
     from pipeline.models.loading import load_model
 
     return load_model("efficientnet_lite0")
+
+
+@pytest.fixture()
+def photo_copies(tmp_path, photos):
+    """``make(n)``: a folder with n copies of each sample photo (4n images), long enough to interrupt."""
+    def make(copies: int) -> Path:
+        folder = tmp_path / "many"
+        folder.mkdir()
+        for i in range(copies):
+            for name, path in photos.items():
+                shutil.copy(path, folder / f"{i:02d}_{name}{path.suffix}")
+        return folder
+    return make

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +17,8 @@ N_COPIES = 20  # x 4 photos = 80 images: long enough to kill mid-way, short enou
 
 
 @pytest.fixture()
-def many_photos(tmp_path, photos) -> Path:
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(N_COPIES):
-        for name, path in photos.items():
-            shutil.copy(path, folder / f"{i:02d}_{name}{path.suffix}")
-    return folder
+def many_photos(photo_copies) -> Path:
+    return photo_copies(N_COPIES)
 
 
 def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:

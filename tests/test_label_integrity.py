@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,13 +27,8 @@ N_COPIES = 25  # x 4 photos = 100 images: the first run is still going while the
 
 
 @pytest.fixture()
-def many_photos(tmp_path, photos) -> Path:
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(N_COPIES):
-        for name, path in photos.items():
-            shutil.copy(path, folder / f"{i:02d}_{name}{path.suffix}")
-    return folder
+def many_photos(photo_copies) -> Path:
+    return photo_copies(N_COPIES)
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:

@@ -40,7 +40,7 @@ class ReportSummary:
 def build_report(output: str, report: str, label: str | None = None, max_per_label: int = 24,
                  min_score: float | None = None, threads: int = 16) -> ReportSummary:
     """Write ``report`` (a local path or URL) for the labeling job in ``output``."""
-    frame = read_results(output)
+    frame = read_results(output, ["path", "label", "score", "top_labels", "top_scores", "error"])
     if label is not None:
         frame = frame[frame["label"] == label]
         if frame.empty:

@@ -6,10 +6,13 @@ reads as one table; ``pipeline.label.output`` writes them.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
@@ -66,20 +69,25 @@ def other_files(output: str) -> list[str]:
             if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX, OWN_PREFIX))]
 
 
-def read_results(output: str) -> pd.DataFrame:
-    """All rows of a labeling job's OUTPUT as one DataFrame (same as ``pandas.read_parquet``)."""
+def part_tables(output: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each part file of ``output`` as a table (only ``columns``, if given); UserError naming a damaged one."""
     parts = part_files(output)
     if not parts:
         raise UserError(f"'{output}' holds no results (no {PART_PREFIX}*.parquet files)")
-    tables = []
     for part in parts:
         fs, path = storage.filesystem(part)
         try:
             with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
+                table = pq.read_table(f, columns=columns)
         except (pa.ArrowException, OSError) as err:
             raise UserError(f"part file '{part}' cannot be read ({type(err).__name__}: {err}); "
                             "it is damaged or was not written by 'pipeline label'") from err
+        yield table
+
+
+def read_results(output: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """All rows of a labeling job's OUTPUT as one DataFrame (same as ``pandas.read_parquet``)."""
+    tables = list(part_tables(output, columns))
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
@@ -92,19 +100,44 @@ class ResultSummary:
     error_rows: pd.DataFrame  # path and error of failed rows
 
 
-def summarize(frame: pd.DataFrame, label: str | None = None, min_score: float | None = None,
+SUMMARY_COLUMNS = ["path", "label", "score", "error"]  # never the top-k lists: most of a part's bytes
+
+
+def summarize(output: str, label: str | None = None, min_score: float | None = None,
               limit: int = 10) -> ResultSummary:
-    """What a person wants first: label counts, the least confident rows, the errors."""
-    if label is not None:
-        frame = frame[frame["label"] == label]
-    if min_score is not None:
-        frame = frame[frame["score"].isna() | (frame["score"] >= min_score)]
-    ok = frame[frame["error"].isna()]
-    failed = frame[frame["error"].notna()]
+    """What a person wants first: label counts, the least confident rows, the errors.
+
+    Reads four columns, one part file at a time, and keeps only counts and ``limit`` rows per
+    section, so a summary of millions of rows needs the memory of one part, not of the table.
+    """
+    counts: Counter[str] = Counter()
+    rows = errors = 0
+    lowest: pa.Table | None = None
+    error_rows: list[dict] = []
+    for table in part_tables(output, SUMMARY_COLUMNS):
+        if label is not None:
+            table = table.filter(pc.equal(table["label"], label))
+        if min_score is not None:
+            table = table.filter(pc.or_kleene(pc.is_null(table["score"]), pc.greater_equal(table["score"], min_score)))
+        failed_mask = pc.is_valid(table["error"])
+        ok, failed = table.filter(pc.invert(failed_mask)), table.filter(failed_mask)
+        rows += table.num_rows
+        errors += failed.num_rows
+        error_rows += failed.slice(0, max(0, limit - len(error_rows))).select(["path", "error"]).to_pylist()
+        for item in pc.value_counts(ok["label"]).to_pylist():
+            counts[item["values"]] += item["counts"]
+        candidates = ok.select(["path", "label", "score"]) if lowest is None else pa.concat_tables(
+            [lowest, ok.select(["path", "label", "score"])])
+        if candidates.num_rows:
+            keep = pc.select_k_unstable(candidates, k=min(limit, candidates.num_rows),
+                                        sort_keys=[("score", "ascending")])
+            lowest = candidates.take(keep)
+    lowest_frame = (lowest.to_pandas().sort_values("score", kind="stable").reset_index(drop=True)
+                    if lowest is not None else pd.DataFrame(columns=["path", "label", "score"]))
     return ResultSummary(
-        rows=len(frame),
-        errors=len(failed),
-        label_counts=ok["label"].value_counts(),
-        lowest=ok.nsmallest(limit, "score")[["path", "label", "score"]],
-        error_rows=failed[["path", "error"]].head(limit),
+        rows=rows,
+        errors=errors,
+        label_counts=pd.Series(dict(counts.most_common()), dtype="int64", name="count"),
+        lowest=lowest_frame,
+        error_rows=pd.DataFrame(error_rows, columns=["path", "error"]),
     )

@@ -149,12 +149,12 @@ def show_command(
     """Print label counts, the least confident rows and the errors of a labeling job's OUTPUT."""
     from pipeline.cli.options import apply_storage_options
     from pipeline.label.manifest import read_manifest
-    from pipeline.results import read_results, summarize
+    from pipeline.results import summarize
 
     with user_errors():
         apply_storage_options(storage_options)
         manifest = read_manifest(output)
-        summary = summarize(read_results(output), label=label, min_score=min_score, limit=limit)
+        summary = summarize(output, label=label, min_score=min_score, limit=limit)
     typer.echo(f"{summary.rows} rows, {summary.errors} errors")
     if not errors:
         typer.echo("\nlabel counts:")

@@ -19,6 +19,16 @@ def private_cache(tmp_path_factory):
     yield path
 
 
+@pytest.fixture(autouse=True)
+def no_storage_options_left_behind():
+    """A test that passed --storage-options in this process must not hand its (by then dead) endpoint to the
+    next one: ``set_storage_options`` also exports them for Ray workers, and a ``ray start`` inherits them."""
+    yield
+    from pipeline import storage
+
+    storage.set_storage_options(None)
+
+
 @pytest.fixture(scope="session")
 def skimage_data() -> Path:
     import skimage

@@ -176,7 +176,7 @@ def test_a_local_model_folder_is_shipped_to_the_worker_node(cluster, s3, photos,
 
     fs, options = s3
     model_folder = tmp_path / "my-model"
-    classifier = build_classifier("efficientnet_lite0", 32, 2, weights=None)
+    classifier = build_classifier("efficientnet_lite0", 32, 2, weights=None, inference_base=False)  # as exported
     save_artifact(classifier, str(model_folder), ArtifactMeta("efficientnet_lite0", 32, ["cat", "coffee"]))
     node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
     cluster.wait_for_nodes()

@@ -127,9 +127,11 @@ class LabelSummary:
     def line(self, output: str) -> str:
         line = (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
                 f"{self.skipped} already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} images/s")
-        if self.labeled:
+        if self.labeled and self.steady_images_per_second:
             line += (f" ({self.startup_seconds:.1f} s to the first result, "
                      f"steady {self.steady_images_per_second:.1f} images/s)")
+        elif self.labeled:  # one batch of results: nothing steady to measure
+            line += f" ({self.startup_seconds:.1f} s to the first result)"
         if self.transient:
             line += f"; {self.transient} images not read (transient storage errors), left for --resume"
         return f"{line} -> {output}"

@@ -31,6 +31,16 @@ SCHEMA = pa.schema(
         ("error", pa.string()),  # null when fine, else what went wrong
     ]
 )
+# --embeddings adds this column: the pooled penultimate features, float16 (half the bytes of float32;
+# cosine similarities move by under 1e-4, see README), null on error rows. Without it, SCHEMA as is.
+EMBEDDING_FIELD = pa.field("embedding", pa.list_(pa.float16()))
+
+
+def result_schema(embeddings: bool = False) -> pa.Schema:
+    """The schema of OUTPUT's part files: SCHEMA, plus the ``embedding`` column with ``--embeddings``."""
+    return SCHEMA.append(EMBEDDING_FIELD) if embeddings else SCHEMA
+
+
 PART_PREFIX = "part-"
 TMP_PREFIX = ".tmp-"
 # Our own files beside the parts; the leading underscore keeps pandas/pyarrow from reading them as data.

@@ -1,4 +1,4 @@
-"""Every registry entry builds, and its size and preprocessing are the ones Keras defines."""
+"""Every registry entry builds, its size and preprocessing are the ones Keras defines, and it has pooled features."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.models.embeddings import embedding_model
 from pipeline.models.registry import REGISTRY, UnknownModelError, get_spec, list_models
 
 
@@ -27,8 +28,10 @@ def test_entry_builds_with_random_weights_and_matches_keras(name):
         builder = getattr(importlib.import_module(spec.builder_module or spec.module), spec.builder)
         home = importlib.import_module(builder.__module__)
         assert spec.preprocess_input is home.preprocess_input
-        out = model(np.zeros((1, *spec.input_shape), np.float32), training=False)
+        # --embeddings: one call gives the classes and the pooled features the head reads.
+        out, features = embedding_model(model, name)(np.zeros((1, *spec.input_shape), np.float32), training=False)
         np.testing.assert_allclose(np.asarray(out).sum(), 1.0, rtol=1e-3)
+        assert np.asarray(features).size >= 256 and np.isfinite(np.asarray(features)).all()
     finally:
         del model
         keras.backend.clear_session()

@@ -51,7 +51,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  batches_per_task: int, concurrency: str, num_gpus: float, cpus_per_decode: float,
                  cpus_per_actor: float, resume: bool, overwrite: bool, address: Optional[str],
                  limit: Optional[int], rows_per_file: int, storage_options: Optional[str],
-                 resize, precision, xla: bool, read_retries: int, verbose: bool,
+                 resize, precision, xla: bool, embeddings: bool, read_retries: int, verbose: bool,
                  classes: Optional[str], preprocess: Optional[str], input_size: Optional[int], head,
                  multi_label: bool, threshold: float,
                  max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
@@ -71,7 +71,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
         address=address, limit=limit, rows_per_file=rows_per_file,
         storage_options=options if options is not None else current_options(),
         resize=getattr(resize, "value", resize),
-        precision=getattr(precision, "value", precision), xla=xla, read_retries=read_retries, verbose=verbose,
+        precision=getattr(precision, "value", precision), xla=xla, embeddings=embeddings, read_retries=read_retries, verbose=verbose,
         classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
         head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
@@ -107,6 +107,9 @@ def label_command(
     precision: Annotated[Precision, typer.Option(
         help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
     xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
+    embeddings: Annotated[bool, typer.Option(
+        "--embeddings", help="Add an 'embedding' column: each image's pooled penultimate features (float16), "
+                             "for near-duplicate search and clustering.")] = False,
     read_retries: Annotated[int, typer.Option(
         min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
                     "what still fails is not stored and is left for --resume.")] = 5,

@@ -46,6 +46,7 @@ class LabelConfig:
     resize: str = "squash"  # squash (whole image) | center-crop (shorter side fits, centre kept)
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
+    embeddings: bool = False  # add the 'embedding' column: each image's pooled penultimate features (float16)
     read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
     verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
     progress: bool = True  # print the progress line while labeling

@@ -31,7 +31,7 @@ from pipeline.label.output import PartWriter, check_writable, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
 from pipeline.listing import image_identity, list_images
-from pipeline.models.loading import check_model, model_identity
+from pipeline.models.loading import check_embeddings, check_model, model_identity
 from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
 
@@ -47,12 +47,14 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     storage.set_storage_options(config.storage_options)
     for note in check_model(config.model, config.weights, config.model_settings):
         progress(note)
+    if config.embeddings:
+        check_embeddings(config.model, config.weights, config.model_settings)
     size = model_input_size(config.model, config.model_settings)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
                          input_size=size, source=config.source, precision=config.precision, xla=config.xla,
-                         resize_mode=config.resize,
+                         resize_mode=config.resize, embeddings=config.embeddings,
                          model_identity=model_identity(config.model, config.weights, config.model_settings))
     check_writable(config.output)
     with Lease.acquire(config.output, config.lease_seconds, config.force_unlock) as lease:
@@ -208,7 +210,7 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
         fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options,
                                "precision": config.precision, "xla": config.xla,
-                               "settings": config.model_settings},
+                               "settings": config.model_settings, "embeddings": config.embeddings},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),

@@ -2,9 +2,9 @@
 
 ``_pipeline_manifest.json`` records the model identity (name or artifact, plus a
 sha256 of the weights the predictors actually loaded), top-k, input size and
-resize, the package version and the source. It is written whole (temp file and
-rename locally, one PUT on object stores) before the first part file; a resume
-whose settings differ is refused with the difference named.
+resize, whether rows carry embeddings, the package version and the source. It is
+written whole (temp file and rename locally, one PUT on object stores) before the
+first part file; a resume whose settings differ is refused with the difference named.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect rati
 # The source is recorded, not compared: it decides which images, not what their rows hold, so a resume
 # may finish a job from another listing of the same images (a list file of the ones left, say).
 COMPARED = ("model", "weights", "model_identity", "weights_digest", "top_k", "input_size", "resize",
-            "resize_mode", "precision", "xla", "package_version")
+            "resize_mode", "precision", "xla", "embeddings", "package_version")
 
 
 def package_version() -> str:
@@ -62,6 +62,7 @@ class RunManifest:
     resize_mode: str = "squash"  # squash | center-crop
     precision: str = "float32"  # float32 | mixed: float16 compute changes scores in the last digits
     xla: bool = False  # XLA compilation may reorder float arithmetic
+    embeddings: bool = False  # rows carry the 'embedding' column (--embeddings): one schema per OUTPUT
     resize: str = RESIZE
     package_version: str = field(default_factory=package_version)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # tags every part file of this OUTPUT

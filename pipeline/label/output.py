@@ -25,12 +25,12 @@ from pipeline.label.manifest import RunManifest, manifest_path, read_manifest, w
 from pipeline.listing import image_identity
 from pipeline.results import (
     PART_OWNER_KEY,
-    SCHEMA,
     TMP_PREFIX,
     entry_name,
     other_files,
     output_entries,
     part_files,
+    result_schema,
 )
 
 
@@ -184,6 +184,7 @@ class PartWriter:
         self.rows_per_file = rows_per_file
         self.seconds_per_file = seconds_per_file
         self.before_commit = before_commit  # e.g. the lease check: raise to stop before publishing
+        self.schema = result_schema(manifest.embeddings)  # the manifest decides: resumes keep one schema
         self._buffer: list[pa.Table] = []
         self._rows = 0
         self._last_flush = time.monotonic()
@@ -192,7 +193,7 @@ class PartWriter:
 
     def add(self, table: pa.Table) -> None:
         self._check_weights(table)
-        self._buffer.append(table.select(SCHEMA.names).cast(SCHEMA))
+        self._buffer.append(table.select(self.schema.names).cast(self.schema))
         self._rows += table.num_rows
         if self._rows >= self.rows_per_file or time.monotonic() - self._last_flush >= self.seconds_per_file:
             self.flush()

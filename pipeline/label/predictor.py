@@ -2,7 +2,8 @@
 
 Rows are written the same way for every output head: ``label``/``score`` hold the most probable class;
 ``top_*`` hold the k best classes, or, with multi-label, every class at or above the threshold (best
-first, possibly none).
+first, possibly none). With embeddings, ``embedding`` holds the pooled penultimate features as
+float16, null on error rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pipeline import storage
 from pipeline.models.loading import model_input_size
 from pipeline.models.shipping import Shippable
 from pipeline.models.user_model import ModelSettings
-from pipeline.results import SCHEMA
+from pipeline.results import EMBEDDING_FIELD, result_schema
 
 __all__ = ["Predictor", "model_input_size"]
 
@@ -26,7 +27,7 @@ class Predictor:
 
     def __init__(self, model: Shippable, weights: Shippable, top_k: int, batch_size: int,
                  storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
-                 settings: ModelSettings | None = None, cpu_threads: int | None = None):
+                 settings: ModelSettings | None = None, cpu_threads: int | None = None, embeddings: bool = False):
         from pipeline.models.shipping import receive
         from pipeline.ray_session import quiet_tensorflow
 
@@ -54,34 +55,49 @@ class Predictor:
             keras.utils.set_random_seed(0)  # the same random weights in every actor: rows stay comparable
         loaded = load_model(receive(model), receive(weights), settings)  # local files were shipped by the driver
         self.weights_digest = weights_digest(loaded.keras_model)
-        self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla)
+        self.classifier = CompiledClassifier(loaded, top_k=top_k, batch_size=batch_size, jit_compile=xla,
+                                             embeddings=embeddings)
+        self.schema = result_schema(embeddings)
         self.model_name = getattr(model, "source", loaded.name)  # the name the user gave, not the node's copy
         size = loaded.input_size
         self.classifier.predict(np.zeros((1, size, size, 3), np.uint8))  # trace now, while the first batches decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Result rows in SCHEMA, plus the decode stage's ``transient`` flag for the driver (never stored)."""
+        """Result rows in the OUTPUT schema, plus the decode stage's ``transient`` flag for the driver (never stored)."""
         errors = [str(e) if e else None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         n, k = len(errors), self.classifier.top_k
         ids = np.zeros((n, k), np.int32)
         scores = np.zeros((n, k), np.float32)
         kept = np.zeros(n, np.int32)
+        features = None
         if ok.any():
             top = self.classifier.predict(batch["image"][ok])
             ids[ok], scores[ok], kept[ok] = top.ids, top.scores, top.kept
+            features = top.features
         names = self.classifier.names(ids)
-        return pa.table(
-            {
-                "path": [str(p) for p in batch["path"]],
-                "label": [names[i][0] if ok[i] else None for i in range(n)],
-                "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
-                "top_labels": [names[i][: kept[i]] if ok[i] else [] for i in range(n)],
-                "top_scores": [scores[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
-                "top_ids": [ids[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
-                "model": [self.model_name] * n,
-                "weights_digest": [self.weights_digest] * n,
-                "error": errors,
-            },
-            schema=SCHEMA,
-        ).append_column("transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
+        columns = {
+            "path": [str(p) for p in batch["path"]],
+            "label": [names[i][0] if ok[i] else None for i in range(n)],
+            "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
+            "top_labels": [names[i][: kept[i]] if ok[i] else [] for i in range(n)],
+            "top_scores": [scores[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
+            "top_ids": [ids[i, : kept[i]].tolist() if ok[i] else [] for i in range(n)],
+            "model": [self.model_name] * n,
+            "weights_digest": [self.weights_digest] * n,
+            "error": errors,
+        }
+        if self.classifier.embeddings:
+            columns["embedding"] = embedding_column(features, ok)
+        return pa.table(columns, schema=self.schema).append_column(
+            "transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
+
+
+def embedding_column(features: np.ndarray | None, ok: np.ndarray) -> pa.Array:
+    """list<float16> with one vector per ok row (in order) and a null for each error row."""
+    width = 0 if features is None else features.shape[1]
+    lengths = np.where(ok, width, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.zeros(0, np.float16) if features is None else features.astype(np.float16).ravel()
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), type=EMBEDDING_FIELD.type,
+                                    mask=pa.array(~ok))

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from pipeline import storage
 from pipeline.models import artifact, user_model
+from pipeline.models.embeddings import feature_tensor, no_features_message
 from pipeline.models.errors import ModelLoadError
 from pipeline.models.registry import (
     DEFAULT_MODEL,
@@ -31,7 +32,8 @@ from pipeline.models.registry import (
 )
 from pipeline.models.user_model import HEADS, ModelSettings, UserModelSummary
 
-__all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "check_model", "load_model", "model_identity",
+__all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "check_embeddings", "check_model", "load_model",
+           "model_identity",
            "model_input_size", "resolve_spec"]
 
 WEIGHTS_FILE_SUFFIXES = (".keras", ".h5", ".weights.h5")
@@ -110,6 +112,16 @@ def check_model(model: str, weights: str = "imagenet", settings: ModelSettings |
         raise ModelLoadError(f"weights file '{weights}' does not exist; pass an existing .keras/.h5/"
                              ".weights.h5 file or URL, 'imagenet' or 'none'")
     return []
+
+
+def check_embeddings(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> None:
+    """--embeddings: ModelLoadError before the job starts when ``model`` has no pooled features to store.
+
+    Registry models and fine-tuned artifacts always have them (a Dense head on pooled features); a
+    user's model file is inspected once here (the same cached load as ``check_model``).
+    """
+    if model_kind(model) == "user" and user_model_summary(model, weights, settings or ModelSettings()).features is None:
+        raise ModelLoadError(no_features_message(model))
 
 
 def load_model(model: str = DEFAULT_MODEL, weights: str = "imagenet",
@@ -306,7 +318,9 @@ def _load_user_model(location: str, weights: str, settings: ModelSettings) -> tu
                     f"({how}), {len(names)} classes, {reading}")
     loaded = LoadedModel(location, model, preprocess_fn, size, list(names), head=head,
                          multi_label=settings.multi_label, threshold=settings.threshold, notes=list(notes))
-    summary = UserModelSummary(location, fmt, size, units, head, detected, names, preprocess, tuple(notes))
+    found = feature_tensor(model)
+    summary = UserModelSummary(location, fmt, size, units, head, detected, names, preprocess, tuple(notes),
+                               features=found[1] if found else None)
     return loaded, summary
 
 

@@ -58,6 +58,7 @@ class UserModelSummary:
     class_names: tuple[str, ...]  # output index -> name (two for a single sigmoid unit)
     preprocess: str  # canonical --preprocess value
     notes: tuple[str, ...]  # lines the job prints before it starts
+    features: str | None = None  # where --embeddings reads the pooled features; None: none found
 
 
 def model_format(location: str) -> str | None:

@@ -73,7 +73,7 @@ def classify(
         for offset, item in enumerate(chunk):
             source = item if isinstance(item, str) else f"<bytes #{start + offset}>"
             data, error = _read(item)
-            result = decode_or_error(data, size) if error is None else None
+            result = decode_or_error(data, size, resize_mode=classifier.loaded.resize_mode) if error is None else None
             prediction = Prediction(source, error=error or (result.error if result else None))
             results.append(prediction)
             if prediction.error is None:

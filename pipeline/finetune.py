@@ -24,6 +24,7 @@ from pipeline.errors import JobFailedError, UserError
 from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
                                     list_training_files, shuffled, split_digest)
 from pipeline.finetune_model import DEFAULT_AUGMENT, parse_augment
+from pipeline.images import RESIZE_MODES
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
 RUN_NAME = "checkpoints"  # Ray Train's run folder inside OUTPUT: one subfolder per epoch checkpoint
@@ -55,6 +56,7 @@ class FinetuneConfig:
     val_fraction: float = 0.2  # hold-out share per class (decided per file by a hash) when no --val folder
     val: str | None = None  # separate validation folder with the same class subfolders
     image_size: int | None = None  # train at this square size (default: the base's native size)
+    resize: str = "squash"  # squash | center-crop: how images are fitted to image_size; the export records it
     augment: tuple[str, ...] = DEFAULT_AUGMENT  # random transforms on training batches (never exported)
     cache_features: bool = False  # frozen base + no augmentation: compute base features once, train the head
     best_by: str = "val_accuracy"  # the exported epoch is the best by this (val_accuracy | val_loss)
@@ -139,11 +141,11 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     spec = get_spec(config.base)
     size = config.image_size or spec.input_size
     files = list_training_files(config.data, config.val, config.val_fraction)
-    identity = {"class_names": files.class_names, "base": spec.name, "image_size": size,
+    identity = {"class_names": files.class_names, "base": spec.name, "image_size": size, "resize": config.resize,
                 "split_digest": split_digest(files)}
     prepare_output(config, identity)
     progress(f"{len(files.class_names)} classes {files.class_names[:10]}{' ...' if len(files.class_names) > 10 else ''}: "
-             f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size}, "
+             f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size} ({config.resize}), "
              f"{config.workers} worker(s), augmentation: {','.join(config.augment) or 'none'}")
     import ray
 
@@ -155,8 +157,9 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         check_cluster_resources(config, ray.cluster_resources, progress=progress)
         # Listed files come one class after another: decode them in a seeded random order so every
         # block mixes the classes; each epoch then reshuffles the block order and a local buffer.
-        train = decode_split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options)
-        val = decode_split(files.val, size, config.batch_size, config.storage_options)
+        train = decode_split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options,
+                             config.resize)
+        val = decode_split(files.val, size, config.batch_size, config.storage_options, config.resize)
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
                                   config.workers, best_by=config.best_by)
         for path, error in summary.skipped[:5]:
@@ -196,6 +199,8 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError("--batch-size must be at least 1")
     if not 0 < config.val_fraction < 1 and config.val is None:
         raise UserError(f"--val-fraction {config.val_fraction} should be between 0 and 1")
+    if config.resize not in RESIZE_MODES:
+        raise UserError(f"--resize '{config.resize}' is not one of {', '.join(RESIZE_MODES)}")
     if config.image_size is not None and config.image_size < 32:
         raise UserError(f"--image-size {config.image_size} is too small; use 32 or more")
     if config.epochs < 1:
@@ -270,9 +275,11 @@ def check_same_run(saved: dict[str, Any] | None, current: dict[str, Any], output
         gone = sorted(set(saved.get("class_names") or []) - set(current["class_names"]))
         differences.append(f"class folders (new now: {', '.join(added) or 'none'}; "
                            f"missing now: {', '.join(gone) or 'none'})")
-    for key, name in (("base", "--base"), ("image_size", "--image-size")):
-        if saved.get(key) != current[key]:
-            differences.append(f"{name} ({saved.get(key)} in the checkpoint, {current[key]} now)")
+    # Checkpoints written before --resize existed were trained on squashed images.
+    for key, name, older in (("base", "--base", None), ("image_size", "--image-size", None),
+                             ("resize", "--resize", "squash")):
+        if saved.get(key, older) != current.get(key, older):
+            differences.append(f"{name} ({saved.get(key, older)} in the checkpoint, {current.get(key, older)} now)")
     if not differences and saved.get("split_digest") != current["split_digest"]:
         differences.append("training/validation files (images added, removed or renamed in DATA or --val, "
                            "or another --val-fraction)")
@@ -396,4 +403,4 @@ def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list
                              inference_base=False)
     model.set_weights(weights)
     save_artifact(model, config.output, ArtifactMeta(get_spec(config.base).name, size, list(files.class_names),
-                                                     epoch=epoch))
+                                                     epoch=epoch, resize=config.resize))

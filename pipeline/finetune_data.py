@@ -142,8 +142,9 @@ def epoch_order(dataset: Any, seed: int) -> Any:
     return dataset.randomize_block_order(seed=RandomSeedConfig(seed, reseed_after_execution=True))
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Ray Data batch function: paths -> uint8 images; an unreadable file gets ``error`` set."""
+def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any],
+                 resize_mode: str = "squash") -> dict[str, np.ndarray]:
+    """Ray Data batch function: paths -> uint8 images (as labeling fits them: ``resize_mode``); errors set ``error``."""
     if storage_options:
         storage.set_storage_options(storage_options)
     images = np.zeros((len(batch["path"]), size, size, 3), np.uint8)
@@ -154,7 +155,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[
         except Exception as err:  # noqa: BLE001 - one unreadable file must not stop the run
             errors.append(f"unreadable: {type(err).__name__}: {err}")
             continue
-        result = decode_or_error(data, (size, size))
+        result = decode_or_error(data, (size, size), resize_mode=resize_mode)
         if result.image is not None:
             images[i] = result.image
         errors.append(result.error or "")
@@ -174,14 +175,15 @@ class DecodedSplit:
 
 
 def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
-                 storage_options: dict[str, Any]) -> DecodedSplit:
+                 storage_options: dict[str, Any], resize_mode: str = "squash") -> DecodedSplit:
     """Decode ``items`` once with Ray Data; corrupt images are dropped and reported, never fatal."""
     import ray
 
     blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
     decoded = ray.data.from_items([{"path": p, "label": label} for p, label in items],
                                   override_num_blocks=blocks)
-    decoded = decoded.map_batches(decode_batch, fn_kwargs={"size": size, "storage_options": storage_options},
+    decoded = decoded.map_batches(decode_batch, fn_kwargs={"size": size, "storage_options": storage_options,
+                                                                 "resize_mode": resize_mode},
                                   batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=1).materialize()
     failed = [(r["path"], r["error"]) for r in decoded.select_columns(["path", "error"]).iter_rows() if r["error"]]
     good = decoded.map_batches(drop_failed, batch_format="numpy", num_cpus=1).materialize()

@@ -33,6 +33,7 @@ def _text(output: str) -> str:
     ({"storage_options": "[1, 2]"}, "--storage-options must be a JSON object"),
     ({"cache_features": True}, "add --augment none"),
     ({"dropout": 1.0}, "--dropout 1 should be at least 0 and below 1"),
+    ({"resize": "stretch"}, "--resize 'stretch' is not one of squash, center-crop"),
 ])
 def test_the_config_refuses_bad_settings_itself(options, message):
     """The CLI, jobs/finetune.py and library callers all get these checks from FinetuneConfig."""
@@ -102,6 +103,13 @@ def test_resume_check_names_what_changed():
         check_same_run(saved, {**saved, "image_size": 64}, "out")
     with pytest.raises(UserError, match="training/validation files"):
         check_same_run(saved, {**saved, "split_digest": "b"}, "out")
+    # A checkpoint from before --resize was trained on squashed images: it resumes as squash, not as center-crop.
+    check_same_run(saved, {**saved, "resize": "squash"}, "out")
+    with pytest.raises(UserError, match=r"--resize \(squash in the checkpoint, center-crop now\)"):
+        check_same_run(saved, {**saved, "resize": "center-crop"}, "out")
+    cropped = {**saved, "resize": "center-crop"}
+    with pytest.raises(UserError, match=r"--resize \(center-crop in the checkpoint, squash now\)"):
+        check_same_run(cropped, {**cropped, "resize": "squash"}, "out")
 
 
 def test_the_frozen_base_runs_in_inference_mode_while_the_head_trains():

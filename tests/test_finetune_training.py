@@ -112,3 +112,35 @@ def test_the_exported_model_is_the_best_epoch_not_the_last_and_patience_stops(tm
     assert [row["class"] for row in rows] == ["0", "1", "2"] and [row["support"] for row in rows] == ["12"] * 3
     assert (output / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "most confused (true->predicted):" in result.stdout
+
+
+@pytest.mark.slow
+def test_center_crop_training_is_exported_and_labeling_defaults_to_it_with_embeddings(photo_dir, tmp_path):
+    train = _digit_folders(tmp_path / "train", {0: 6, 1: 6})
+    model = tmp_path / "model"
+    result = runner.invoke(app, ["finetune", str(train), str(model), "--workers", "1", "--epochs", "1",
+                                 "--image-size", "32", "--augment", "none", "--val-fraction", "0.34",
+                                 "--resize", "center-crop"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((model / "pipeline_model.json").read_text())["resize"] == "center-crop"
+
+    # No --resize: the artifact's own mode; the fine-tuned model's pooled features are the base's 1280.
+    out = tmp_path / "labels"
+    labeled = runner.invoke(app, ["label", str(photo_dir), str(out), "--model", str(model), "--embeddings"])
+    assert labeled.exit_code == 0, labeled.output
+    assert json.loads((out / "_pipeline_manifest.json").read_text())["resize_mode"] == "center-crop"
+    import pandas as pd
+
+    frame = pd.read_parquet(out)
+    assert len(frame) == 4 and frame["label"].isin(["0", "1"]).all()
+    assert {len(vector) for vector in frame["embedding"]} == {1280}
+
+    # An explicit other mode is allowed, said, and recorded; a resume that changes it is refused.
+    squashed = tmp_path / "squashed"
+    labeled = runner.invoke(app, ["label", str(photo_dir), str(squashed), "--model", str(model), "--resize", "squash"])
+    assert labeled.exit_code == 0, labeled.output
+    assert "was fine-tuned with --resize center-crop" in labeled.output
+    assert json.loads((squashed / "_pipeline_manifest.json").read_text())["resize_mode"] == "squash"
+    refused = runner.invoke(app, ["label", str(photo_dir), str(squashed), "--model", str(model), "--resume"])
+    assert refused.exit_code == 2
+    assert "resize-mode: OUTPUT has 'squash', this run has 'center-crop'" in refused.output

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.options import ResizeMode
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
 
@@ -65,6 +66,9 @@ def finetune_command(
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (chosen per file by a hash of its path).")] = 0.2,
     val: Annotated[Optional[str], typer.Option(help="Separate validation folder (same class subfolders).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Train at SxS pixels (default: the base's native size).")] = None,
+    resize: Annotated[ResizeMode, typer.Option(
+        help="squash (the whole image) or center-crop (shorter side fitted, centre kept); recorded in the "
+             "model, and 'pipeline label --model OUTPUT' uses it unless told otherwise.")] = ResizeMode.squash,
     augment: Annotated[str, typer.Option(callback=_checked_augment, help="Random transforms on training images, comma-separated from flip,rotate,zoom,contrast, or 'none'. No flip for digits, text or signs.")] = "flip,rotate,zoom",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.")] = False,
     cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --augment none: compute the base's features once, then train the head on them.")] = False,
@@ -87,7 +91,7 @@ def finetune_command(
             data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
             batch_size=batch_size, lr=lr, fine_tune_lr_factor=fine_tune_lr_factor, lr_schedule=lr_schedule,
-            dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size,
+            dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size, resize=resize.value,
             augment="none" if no_augment else augment, cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
             shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
             storage_options=storage_options if storage_options else current_options(),

@@ -18,13 +18,9 @@ from pipeline.cli.model_options import (
     ThresholdOption,
     model_settings,
 )
+from pipeline.cli.options import ResizeMode
 from pipeline.errors import UserError
 from pipeline.models.registry import DEFAULT_MODEL
-
-
-class ResizeMode(str, Enum):
-    squash = "squash"
-    center_crop = "center-crop"
 
 
 class Precision(str, Enum):
@@ -70,7 +66,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
         cpus_per_decode=cpus_per_decode, cpus_per_actor=cpus_per_actor, mode=mode_from_flags(resume, overwrite),
         address=address, limit=limit, rows_per_file=rows_per_file,
         storage_options=options if options is not None else current_options(),
-        resize=getattr(resize, "value", resize),
+        resize=getattr(resize, "value", resize),  # None: the model's own (a fine-tuned model's, else squash)
         precision=getattr(precision, "value", precision), xla=xla, embeddings=embeddings, read_retries=read_retries, verbose=verbose,
         classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
         head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
@@ -101,9 +97,10 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
     rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
-    resize: Annotated[ResizeMode, typer.Option(
+    resize: Annotated[Optional[ResizeMode], typer.Option(
         help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
-             "fitted, centre kept, as ImageNet models were evaluated.")] = ResizeMode.squash,
+             "fitted, centre kept, as ImageNet models were evaluated. Default: what a fine-tuned model was "
+             "trained with, else squash.", show_default=False)] = None,
     precision: Annotated[Precision, typer.Option(
         help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
     xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,

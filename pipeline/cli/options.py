@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 
 from pipeline import storage
 from pipeline.errors import UserError
+
+
+class ResizeMode(str, Enum):
+    """--resize of ``label`` and ``finetune`` (pipeline.images.RESIZE_MODES)."""
+
+    squash = "squash"
+    center_crop = "center-crop"
 
 
 def parse_json_object(text: str | None, option: str, example: str) -> dict | None:

@@ -43,7 +43,7 @@ class LabelConfig:
     rows_per_file: int = 10_000  # rows per committed part file
     seconds_per_file: float = 30.0  # also commit at least this often
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
-    resize: str = "squash"  # squash (whole image) | center-crop (shorter side fits, centre kept)
+    resize: str | None = None  # squash (whole image) | center-crop (shorter side fits, centre kept); None: the model's
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
     embeddings: bool = False  # add the 'embedding' column: each image's pooled penultimate features (float16)
@@ -91,7 +91,7 @@ class LabelConfig:
         need(self.rows_per_file >= 1, f"--rows-per-file {self.rows_per_file} should be at least 1")
         need(self.seconds_per_file > 0, f"seconds per file {self.seconds_per_file} should be more than 0")
         need(self.precision in PRECISIONS, f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
-        need(self.resize in RESIZE_MODES, f"--resize '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+        need(self.resize is None or self.resize in RESIZE_MODES, f"--resize '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
         need(0.0 <= self.threshold <= 1.0, f"--threshold {self.threshold} should be between 0 and 1")
         need(self.read_retries >= 0, f"--read-retries {self.read_retries} should be 0 or more")
         need(self.max_error_rate is None or 0 < self.max_error_rate <= 1,

@@ -13,6 +13,7 @@ so no path is written twice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -31,7 +32,8 @@ from pipeline.label.output import PartWriter, check_writable, prepare_output
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
 from pipeline.listing import image_identity, list_images
-from pipeline.models.loading import check_embeddings, check_model, model_identity
+from pipeline.models.loading import (check_embeddings, check_model, model_identity, model_kind,
+                                     model_resize_mode)
 from pipeline.models.shipping import ship
 from pipeline.ray_session import ray_session
 
@@ -49,6 +51,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
         progress(note)
     if config.embeddings:
         check_embeddings(config.model, config.weights, config.model_settings)
+    config = dataclasses.replace(config, resize=_resize_mode(config, progress))
     size = model_input_size(config.model, config.model_settings)
     listing = list_images(config.source)
     paths = listing.paths[: config.limit] if config.limit else listing.paths
@@ -77,6 +80,17 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
                              f"nothing was stored for them and the other {summary.labeled} rows are committed: "
                              "re-run with --resume to finish")
     return summary
+
+
+def _resize_mode(config: LabelConfig, progress: Callable[[str], None]) -> str:
+    """--resize as given, else the model's own: a fine-tuned model is labeled the way it was trained."""
+    own = model_resize_mode(config.model)
+    if config.resize is None:
+        return own
+    if config.resize != own and model_kind(config.model) == "artifact":
+        progress(f"--resize {config.resize}: '{config.model}' was fine-tuned with --resize {own}; labeling with "
+                 f"{config.resize} as asked (the manifest records it)")
+    return config.resize
 
 
 def _model_identity(model: str) -> str:

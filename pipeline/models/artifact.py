@@ -1,7 +1,7 @@
 """Fine-tuned model artifacts: a ``.keras`` file plus what labeling needs to use it.
 
 An artifact is a folder (local or any fsspec URL) holding ``model.keras`` and
-``pipeline_model.json`` (class names, base model, input size). Preprocessing is
+``pipeline_model.json`` (class names, base model, input size, resize mode). Preprocessing is
 not stored as code: the base model's registry entry supplies it, so a
 fine-tuned ResNet is fed exactly what its base was trained on.
 """
@@ -26,6 +26,7 @@ class ArtifactMeta:
     class_names: list[str]  # output index -> class name
     format_version: int = FORMAT_VERSION
     epoch: int | None = None  # fine-tuning: the training epoch whose weights these are (the best one)
+    resize: str = "squash"  # how training images were fitted to input_size (--resize); labeling defaults to it
 
 
 def is_artifact(location: str) -> bool:

@@ -34,7 +34,7 @@ from pipeline.models.user_model import HEADS, ModelSettings, UserModelSummary
 
 __all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "check_embeddings", "check_model", "load_model",
            "model_identity",
-           "model_input_size", "resolve_spec"]
+           "model_input_size", "model_resize_mode", "resolve_spec"]
 
 WEIGHTS_FILE_SUFFIXES = (".keras", ".h5", ".weights.h5")
 
@@ -50,6 +50,7 @@ class LoadedModel:
     multi_label: bool = False  # write every class whose probability reaches ``threshold``
     threshold: float = 0.5  # multi-label cut-off
     notes: list[str] = field(default_factory=list)  # how a user's model file is read, worth printing
+    resize_mode: str = "squash"  # how images are fitted to input_size by default (a fine-tuned model's own)
 
 
 @lru_cache(maxsize=1)
@@ -202,7 +203,8 @@ def _load_artifact(location: str) -> LoadedModel:
         keras_model = artifact.load_artifact_model(location)
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load fine-tuned model '{location}': {_first_line(err)}") from err
-    return LoadedModel(location, keras_model, base.preprocess_input, meta.input_size, list(meta.class_names))
+    return LoadedModel(location, keras_model, base.preprocess_input, meta.input_size, list(meta.class_names),
+                       resize_mode=meta.resize)
 
 
 def model_input_size(model: str, settings: ModelSettings | None = None) -> int:
@@ -214,6 +216,11 @@ def model_input_size(model: str, settings: ModelSettings | None = None) -> int:
     if kind == "artifact":
         return artifact.read_meta(model).input_size
     return user_model_summary(model, "imagenet", settings).input_size
+
+
+def model_resize_mode(model: str) -> str:
+    """The --resize a model wants by default: a fine-tuned model's training mode, else squash."""
+    return artifact.read_meta(model).resize if model_kind(model) == "artifact" else "squash"
 
 
 def model_identity(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> dict[str, Any]:

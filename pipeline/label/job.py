@@ -213,7 +213,7 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     dataset = dataset.map_batches(
         read_and_decode,
         fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries,
-                   "resize_mode": config.resize},
+                   "resize_mode": config.resize or model_resize_mode(config.model)},
         batch_size=task_size,
         batch_format="numpy",
         num_cpus=config.cpus_per_decode,

@@ -44,6 +44,25 @@ def test_decode_and_inference_are_separate_operators(photo_dir, tmp_path):
         assert "read_and_decode)->" not in plan, plan
 
 
+def test_decoded_backlog_is_bounded_by_the_actors_not_the_images(photo_dir, tmp_path):
+    """Peak memory must not grow with the job: the object store may hold a few blocks per actor."""
+    from ray.data import DataContext
+
+    from pipeline.label.job import BLOCKS_BUFFERED_PER_ACTOR, label_dataset
+    from pipeline.ray_session import ray_session
+
+    paths = sorted(str(p) for p in photo_dir.iterdir())
+    limits = []
+    with ray_session(None):
+        for actors, images in ((1, paths), (2, paths * 50)):
+            config = LabelConfig(source=str(photo_dir), output=str(tmp_path / "out"), weights="none",
+                                 concurrency=(actors, actors), batch_size=4, batches_per_task=2)
+            label_dataset(config, images, 224)
+            limits.append(DataContext.get_current().execution_options.resource_limits.object_store_memory)
+    block = 4 * 2 * 224 * 224 * 3
+    assert limits == [BLOCKS_BUFFERED_PER_ACTOR * block, 2 * BLOCKS_BUFFERED_PER_ACTOR * block]
+
+
 @pytest.fixture(scope="module")
 def s3_behind_proxy():
     """moto on loopback, a fault proxy in front of it, and fsspec options that go through the proxy."""

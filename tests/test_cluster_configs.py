@@ -3,6 +3,7 @@ scripts' real parser accepts (the parser is run, not pattern-matched), with imag
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -21,6 +22,7 @@ SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 BASE_IMAGE = f"rayproject/ray:{ray.__version__}-py311-gpu"
 DOCKERFILE = CLUSTER / "Dockerfile"
 REQUIREMENTS = CLUSTER / "requirements.txt"
+CONSTRAINTS = ROOT / "constraints.txt"
 
 
 def documents(path: Path) -> list:
@@ -130,21 +132,47 @@ def test_every_node_runs_the_one_image_built_from_the_pinned_ray_image():
     assert versions == {ray.__version__}
 
 
+def _pins(path: Path) -> dict[str, str]:
+    """{normalized name: version} of every ``name==version`` line (extras and comments dropped)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert "==" in line, f"{path.name}: '{line}' is not pinned with =="
+            name, pinned = line.split("==")
+            pins[_normalized(name.split("[")[0])] = pinned.strip()
+    return pins
+
+
+def _normalized(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
 def test_the_image_pins_the_versions_the_tests_run_with():
-    """Every pin in cluster/requirements.txt is what this test environment has installed."""
+    """The node image installs what the tests ran with: every pin in cluster/requirements.txt is the one in
+    constraints.txt (which the README's commands install with) and the installed version; and every runtime
+    dependency of the package is pinned there, since the image installs the package with --no-deps."""
+    import tomllib
     from importlib.metadata import version
 
-    pins = [line.split("#")[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
-    pins = [pin for pin in pins if pin]
-    assert pins and all("==" in pin for pin in pins)
-    for pin in pins:
-        name, pinned = pin.split("==")
-        name = name.split("[")[0]
-        assert version(name) == pinned, f"cluster/requirements.txt pins {pin}, the tests run {name} {version(name)}"
-    names = {pin.split("==")[0].split("[")[0].lower() for pin in pins}
-    assert "ray" not in names  # it comes from the base image, at the client's version
-    assert {"tensorflow", "keras", "typer", "s3fs"} <= names
-    assert "requirements.txt" in DOCKERFILE.read_text()
+    image, tested = _pins(REQUIREMENTS), _pins(CONSTRAINTS)
+    for name, pinned in image.items():
+        assert tested.get(name) == pinned, f"cluster/requirements.txt pins {name}=={pinned}, constraints.txt {tested.get(name)}"
+        assert version(name) == pinned, f"cluster/requirements.txt pins {name}=={pinned}, the tests run {version(name)}"
+    for name, pinned in tested.items():
+        assert version(name) == pinned, f"constraints.txt pins {name}=={pinned}, the tests run {version(name)}"
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = {_normalized(re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0]) for dep in runtime}
+    assert needed - {"ray"} <= set(image), f"missing from cluster/requirements.txt: {sorted(needed - {'ray'} - set(image))}"
+    assert "ray" not in image  # it comes from the base image, at the client's version
+    assert "requirements.txt" in DOCKERFILE.read_text() and "--no-deps" in DOCKERFILE.read_text()
+
+
+def test_the_readme_commands_and_ci_install_with_the_constraints():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line for line in readme[:8] if line.startswith("python3 -m venv")]
+    assert len(commands) == 2 and all("pip install -q -c constraints.txt -e" in c for c in commands), commands
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("ray-")], ids=lambda p: p.name)

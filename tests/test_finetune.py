@@ -108,7 +108,12 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     assert {"path", "label", "score", "top_labels", "top_scores", "top_ids", "model", "error"} <= set(frame.columns)
     assert len(frame) == len(held_out) and frame["error"].isna().all()
     assert set(frame["label"]) <= {str(d) for d in range(10)}
-    assert _accuracy(frame["path"], frame["label"]) >= 0.93
+    # The job decodes and predicts as classify does (same decoder, same compiled forward pass): the same labels,
+    # up to a near-tie flipping with another batch composition.
+    by_classify = {path: p.label for path, p in zip(held_out, predictions)}
+    agreement = np.mean([by_classify[path] == label for path, label in zip(frame["path"], frame["label"])])
+    assert agreement >= 0.99, agreement
+    assert _accuracy(frame["path"], frame["label"]) == pytest.approx(accuracy, abs=0.01)
 
 
 def _checkpointed_epoch(output: Path) -> int:

@@ -1,6 +1,6 @@
 """Is the model fed at the machine's speed? `pipeline label` against a tuned single-process tf.data loop.
 
-    python benchmarks/label_feed.py --model mobilenet_v2 --images 1500 6000 [--s3-images 600]
+    python benchmarks/label_feed.py --model mobilenet_v2 --images 1500 6000 [--s3-images 600] [--repeat 3]
 
 Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up counts on both sides:
 - peer: one process, `read_file -> decode_jpeg -> resize -> batch -> prefetch -> compiled forward pass`
@@ -151,7 +151,8 @@ def startup_breakdown(model: str, weights: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float) -> None:
+def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float,
+                  repeat: int = 1) -> None:
     import s3fs
     from s3_proxy import fault_proxy, moto_s3
 
@@ -168,14 +169,20 @@ def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: lis
         local_dir.mkdir()
         for f in files:
             os.link(f, local_dir / f.name)
-        local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
         options = json.dumps({"client_kwargs": {"endpoint_url": proxy.url}})
-        remote = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
-                           [*extra, "--storage-options", options])
-        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: wall {remote['wall']:.1f} s, steady "
-              f"{remote['steady']:.1f} img/s ({proxy.requests} requests) vs local disk wall {local['wall']:.1f} s, "
-              f"steady {local['steady']:.1f} img/s: S3/local = {local['wall'] / remote['wall']:.2f} (wall), "
-              f"{remote['steady'] / local['steady']:.2f} (steady)", flush=True)
+        ratios = []
+        for round_ in range(repeat):
+            local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
+            before = proxy.requests
+            remote = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
+                               [*extra, "--storage-options", options])
+            ratios.append(local["wall"] / remote["wall"])
+            print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, round {round_ + 1}: wall {remote['wall']:.1f} s, "
+                  f"steady {remote['steady']:.1f} img/s ({proxy.requests - before} requests) vs local disk wall "
+                  f"{local['wall']:.1f} s, steady {local['steady']:.1f} img/s: S3/local = {ratios[-1]:.2f} (wall), "
+                  f"{remote['steady'] / local['steady']:.2f} (steady)", flush=True)
+        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: median S3/local = {float(np.median(ratios)):.2f} "
+              f"(wall) over {repeat} rounds", flush=True)
 
 
 def main() -> None:
@@ -186,6 +193,7 @@ def main() -> None:
     parser.add_argument("--s3-images", type=int, default=0, help="also compare S3 with added latency")
     parser.add_argument("--latency", type=float, default=0.025, help="seconds added to every S3 request")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per size (pipeline, then peer); medians reported")
     parser.add_argument("label_args", nargs="*", help="extra `pipeline label` flags, after --")
     args = parser.parse_args()
     weights = "imagenet" if args.model.startswith("efficientnet_lite") else "none"
@@ -205,17 +213,30 @@ def main() -> None:
             subset.mkdir()
             for f in sorted(photos.iterdir())[:n]:
                 os.link(f, subset / f.name)
-            label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
-            line = (f"N={n}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to the first result, "
-                    f"steady {label['steady']:.1f} img/s = {label['steady'] / limit['limit']:.2f}x the machine limit, "
-                    f"peak RSS {label['peak_gib']:.2f} GiB)")
-            if not args.skip_peer:
-                peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
-                                args.batch_size, work)
-                line += f"; tf.data loop {peer['wall']:.1f} s; pipeline/peer = {peer['wall'] / label['wall']:.2f}x"
+            labels, peers = [], []
+            for round_ in range(args.repeat):  # interleaved, so a slow minute of the machine hits both sides
+                label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
+                labels.append(label)
+                line = (f"N={n} round {round_ + 1}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to "
+                        f"the first result, steady {label['steady']:.1f} img/s = "
+                        f"{label['steady'] / limit['limit']:.2f}x the machine limit, peak RSS {label['peak_gib']:.2f} GiB)")
+                if not args.skip_peer:
+                    peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
+                                    args.batch_size, work)
+                    peers.append(peer)
+                    line += f"; tf.data loop {peer['wall']:.1f} s; pipeline/peer = {peer['wall'] / label['wall']:.2f}x"
+                print(line, flush=True)
+            wall = float(np.median([r["wall"] for r in labels]))
+            steady = float(np.median([r["steady"] for r in labels]))
+            line = (f"N={n} median of {args.repeat}: pipeline label {wall:.1f} s (steady {steady:.1f} img/s = "
+                    f"{steady / limit['limit']:.2f}x the machine limit, peak RSS "
+                    f"{max(r['peak_gib'] for r in labels):.2f} GiB max)")
+            if peers:
+                peer_wall = float(np.median([r["wall"] for r in peers]))
+                line += f"; tf.data loop {peer_wall:.1f} s; pipeline/peer = {peer_wall / wall:.2f}x"
             print(line, flush=True)
         if args.s3_images:
-            s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency)
+            s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency, args.repeat)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,25 @@ def test_decoded_backlog_is_bounded_by_the_actors_not_the_images(photo_dir, tmp_
     assert limits == [BLOCKS_BUFFERED_PER_ACTOR * block, 2 * BLOCKS_BUFFERED_PER_ACTOR * block]
 
 
+def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():
+    """Actors side by side on a CPU node each compute on their CPU share, not on every core at once."""
+    import ray
+
+    from pipeline.label.job import actor_cpu_threads
+    from pipeline.label.predictor import Predictor
+    from pipeline.ray_session import ray_session
+
+    assert actor_cpu_threads(LabelConfig(source="s", output="o")) == 1  # 0.75 CPU: one thread
+    assert actor_cpu_threads(LabelConfig(source="s", output="o", cpus_per_actor=3)) == 3
+    assert actor_cpu_threads(LabelConfig(source="s", output="o", num_gpus=0.5)) is None  # threads only feed the GPU
+    with ray_session(None):
+        actor = ray.remote(num_cpus=0.5)(Predictor).remote(
+            model="mobilenet_v2", weights="none", top_k=1, batch_size=2, storage_options={}, cpu_threads=1)
+        threads = ray.get(actor.__ray_call__.remote(lambda self: (
+            self.cpu_threads, os.environ["TF_NUM_INTRAOP_THREADS"], os.environ["OMP_NUM_THREADS"])))
+    assert threads == (1, "1", "1")
+
+
 @pytest.fixture(scope="module")
 def s3_behind_proxy():
     """moto on loopback, a fault proxy in front of it, and fsspec options that go through the proxy."""
@@ -148,19 +167,34 @@ def test_outage_longer_than_retries_stores_nothing_for_those_images_and_resume_f
     assert not frame["error"].fillna("").str.contains("after retries").any()
 
 
-def test_progress_line_counts_images_with_rate_and_eta():
+def test_progress_line_counts_images_with_rate_and_eta(monkeypatch):
+    import pipeline.label.progress as progress
+
+    clock = iter([0.0, 12.0, 14.0])  # start, first arrival, second arrival
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     stream = io.StringIO()
     meter = Progress(1000, stream=stream, log_every=0.0)
     meter.update(100, 0)  # the first arrival ends start-up
-    time.sleep(0.2)
     meter.update(100, 3)
     meter.close()
     lines = stream.getvalue().splitlines()
-    assert lines[-1].startswith("200/1,000 images (20%), ")
-    assert "images/s, ETA " in lines[-1] and lines[-1].endswith("3 errors")
-    rate = meter.steady_rate()
-    assert 100 / 0.5 < rate < 100 / 0.15  # 100 rows over ~0.2 s: the first arrival is not in the rate
+    assert lines[-1] == "200/1,000 images (20%), 50.0 images/s, ETA 16s, 3 errors"
+    assert meter.startup_seconds == 12.0
+    assert meter.steady_rate() == 50.0  # 100 rows over 2 s: the first arrival is not in the rate
     assert "\r" not in stream.getvalue()  # a log, not a terminal: whole lines
+
+
+def test_a_burst_of_results_is_no_steady_rate(monkeypatch):
+    """Blocks that finish together must not print a rate of thousands of images/s."""
+    import pipeline.label.progress as progress
+
+    clock = iter([0.0, 10.0, 10.002, 10.004])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    meter = Progress(600, stream=io.StringIO(), log_every=0.0)
+    for _ in range(3):
+        meter.update(120, 0)
+    assert meter.startup_seconds == 10.0
+    assert meter.steady_rate() == 0.0
 
 
 def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):
@@ -174,7 +208,7 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     assert quiet.returncode == 0, quiet.stderr
     line = quiet.stdout.strip().splitlines()[-1]
     assert line.startswith("labeled 4 images (0 errors")
-    assert " s to the first result, steady " in line
+    assert " s to the first result" in line  # 4 one-image results come back within a second: no steady rate
     assert "Execution plan" not in quiet.stderr, quiet.stderr
     assert " pid=" not in quiet.stderr, quiet.stderr  # no worker output forwarded: "(MapWorker(...) pid=N) ..."
     assert "Progress bars disabled" not in quiet.stderr, quiet.stderr

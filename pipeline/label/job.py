@@ -185,6 +185,12 @@ def auto_concurrency(config: LabelConfig, resources: dict[str, float], blocks: i
     return size, size
 
 
+def actor_cpu_threads(config: LabelConfig) -> int | None:
+    """TensorFlow threads of a CPU predictor actor: its own CPU share (at least one), so actors side by side
+    do not each spread a batch over every core; None for GPU actors, whose CPU threads only feed the GPU."""
+    return None if config.num_gpus else max(1, int(config.cpus_per_actor))
+
+
 BLOCKS_BUFFERED_PER_ACTOR = 6  # 4 starved the actors now and then on 2 cores; 6 cost no wall time
 
 
@@ -211,6 +217,19 @@ def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Itera
     return label_dataset(config, todo, size).iter_batches(batch_size=None, batch_format="pyarrow")
 
 
+def path_blocks(todo: list[str], task_size: int) -> list[pa.Table]:
+    """The paths as input blocks of exactly ``task_size`` rows (the last one shorter).
+
+    Each stage takes ``task_size`` rows per task, and Ray Data bundles input blocks until they hold that
+    many rows. Evenly split blocks (1,500 paths in 12 blocks of 125) made every task take two blocks and
+    return its rows only when both were done: results reached the driver in bursts of 250, a task late,
+    and at the end one actor worked through its last two blocks while the other sat idle (600 images:
+    3 tasks for 2 actors). Blocks of exactly ``task_size`` rows make one task per block.
+    """
+    return [pa.table({"path": pa.array(todo[start : start + task_size], pa.string())})
+            for start in range(0, len(todo), task_size)] or [pa.table({"path": pa.array([], pa.string())})]
+
+
 def label_dataset(config: LabelConfig, todo: list[str], size: int):
     """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables.
 
@@ -227,10 +246,7 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     blocks = max(1, math.ceil(len(todo) / task_size))
     low, high = config.concurrency or auto_concurrency(config, ray.cluster_resources(), blocks)
     bound_decoded_backlog(high, task_size * size * size * 3)
-    dataset = ray.data.from_items(
-        [{"path": p} for p in todo],
-        override_num_blocks=blocks,
-    )
+    dataset = ray.data.from_arrow(path_blocks(todo, task_size))
     dataset = dataset.map_batches(
         read_and_decode,
         fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries,
@@ -245,7 +261,8 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
         fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
                                "batch_size": config.batch_size, "storage_options": config.storage_options,
                                "precision": config.precision, "xla": config.xla,
-                               "settings": config.model_settings, "embeddings": config.embeddings},
+                               "settings": config.model_settings, "embeddings": config.embeddings,
+                               "cpu_threads": actor_cpu_threads(config)},
         batch_size=task_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high),

@@ -8,6 +8,7 @@ float16, null on error rows.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,14 @@ class Predictor:
         from pipeline.ray_session import quiet_tensorflow
 
         quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
+        if cpu_threads:  # a CPU actor computes on its own share of cores, not on all of them at once
+            use_cpu_threads(cpu_threads)
         import tensorflow as tf
 
-        if cpu_threads:  # a CPU actor computes on its own share of cores, not on all of them at once
+        if cpu_threads:
             tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
             tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
+        self.cpu_threads = tf.config.threading.get_intra_op_parallelism_threads()  # 0: TensorFlow's default (all cores)
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)  # fractional-GPU actors share a card
         import keras
@@ -91,6 +95,13 @@ class Predictor:
             columns["embedding"] = embedding_column(features, ok)
         return pa.table(columns, schema=self.schema).append_column(
             "transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
+
+
+def use_cpu_threads(threads: int) -> None:
+    """Size TensorFlow's and OpenMP's thread pools before TensorFlow loads in this worker (``tf.config`` alone
+    leaves the pools that TensorFlow creates at import, e.g. oneDNN's OpenMP threads, at every core)."""
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def embedding_column(features: np.ndarray | None, ok: np.ndarray) -> pa.Array:

@@ -22,6 +22,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+MIN_STEADY_SECONDS = 1.0  # a steady rate needs results spread over at least this long
+
+
 class Progress:
     """Tracks rows as they arrive and prints the progress line."""
 
@@ -44,11 +47,18 @@ class Progress:
         return (self.first_result or time.monotonic()) - self.started
 
     def steady_rate(self, now: float | None = None) -> float:
-        """Images/s from the first result to ``now`` (default: the latest result); 0 until measurable."""
+        """Images/s from the first result to ``now`` (default: the latest result); 0 until measurable.
+
+        Results can arrive in bursts (several blocks finishing together): rows spread over less than
+        ``MIN_STEADY_SECONDS`` say nothing about a rate, and dividing by milliseconds would print a
+        rate of tens of thousands of images/s.
+        """
         if self.first_result is None:
             return 0.0
         elapsed = (now or self.last_result) - self.first_result
-        return (self.done - self.first_rows) / elapsed if elapsed > 0 and self.done > self.first_rows else 0.0
+        if elapsed < MIN_STEADY_SECONDS or self.done <= self.first_rows:
+            return 0.0
+        return (self.done - self.first_rows) / elapsed
 
     def update(self, rows: int, errors: int) -> None:
         now = time.monotonic()

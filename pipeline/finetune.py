@@ -2,7 +2,7 @@
 
 Driver side: check the settings and the input (before any Ray work; on --resume, that
 OUTPUT's run was trained on the same data), decode the images once with Ray Data, run
-``TensorflowTrainer`` (the loop is in ``pipeline.finetune_worker``), then export the
+a ``DataParallelTrainer`` (the loop is in ``pipeline.finetune_worker``, TF_CONFIG from ``pipeline.finetune_backend``), then export the
 best epoch and write ``history.csv``, ``curves.png`` and the per-class report into OUTPUT.
 """
 
@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -354,8 +355,9 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
          val: DecodedSplit, progress: Callable[[str], None]) -> str:
     """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
     from ray.train import ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from pipeline.finetune_backend import MultiWorkerTensorflowConfig
     from pipeline.finetune_worker import train_loop_per_worker
 
     loop_config = {
@@ -370,9 +372,10 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
     train_order = epoch_order(train.dataset, config.seed)
-    trainer = TensorflowTrainer(
+    trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        backend_config=MultiWorkerTensorflowConfig(),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker,
                                                            **({"GPU": 1} if config.use_gpu else {})}),
@@ -381,6 +384,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     )
     progress(f"training with {config.workers} Ray Train worker(s); checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
+    threading.Thread(target=_import_keras, name="import-keras-for-export", daemon=True).start()
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -392,6 +396,14 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     if result.checkpoint is None:
         raise JobFailedError("training finished without a checkpoint")
     return result.checkpoint.to_directory()
+
+
+def _import_keras() -> None:
+    """The export needs Keras in this process: import it (4-6 s) while the workers train, not after."""
+    try:
+        import keras  # noqa: F401
+    except Exception:  # noqa: BLE001 - the export imports it again and reports a real failure there
+        pass
 
 
 def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int) -> None:

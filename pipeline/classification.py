@@ -12,8 +12,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.images import decode_or_error
+from pipeline.fetch import DEFAULT_RETRIES, fetch_and_decode
 from pipeline.inference import CompiledClassifier
 from pipeline.models.loading import load_model
 from pipeline.models.registry import DEFAULT_MODEL
@@ -37,17 +36,6 @@ class Prediction:
         return self.scores[0] if self.scores else None
 
 
-def _read(item: str | bytes) -> tuple[bytes | None, str | None]:
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return bytes(item), None
-    try:
-        return storage.read_bytes(item), None
-    except FileNotFoundError:
-        return None, "not found: no such file"
-    except Exception as err:  # noqa: BLE001 - one unreadable input must not stop the rest
-        return None, f"unreadable: {type(err).__name__}: {err}"
-
-
 def classify(
     images: Iterable[str | bytes],
     model: str = DEFAULT_MODEL,
@@ -56,31 +44,32 @@ def classify(
     batch_size: int = 32,
     settings: ModelSettings | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    retries: int = DEFAULT_RETRIES,
 ) -> list[Prediction]:
     """Classify paths, URLs or raw bytes; one Prediction per input, in order.
 
     ``settings`` describe a model file the user trained (class names, preprocessing, head, multi-label).
+    A batch's files are read concurrently; a read that keeps failing after ``retries`` rounds (throttling,
+    timeouts) is a result with ``error`` set, like a missing or broken file.
     """
     items = list(images)
     classifier = CompiledClassifier(load_model(model, weights, settings), top_k=top_k, batch_size=batch_size)
     for note in classifier.loaded.notes:
         progress(note)
-    size = (classifier.loaded.input_size,) * 2
+    size = classifier.loaded.input_size
     results: list[Prediction] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        decoded, batch = [], []
+        fetched = fetch_and_decode(chunk, size, classifier.loaded.resize_mode, retries)
+        batch = []
         for offset, item in enumerate(chunk):
             source = item if isinstance(item, str) else f"<bytes #{start + offset}>"
-            data, error = _read(item)
-            result = decode_or_error(data, size, resize_mode=classifier.loaded.resize_mode) if error is None else None
-            prediction = Prediction(source, error=error or (result.error if result else None))
+            prediction = Prediction(source, error=fetched.errors[offset] or None)
             results.append(prediction)
             if prediction.error is None:
-                decoded.append(result.image)
                 batch.append(prediction)
-        if decoded:
-            top = classifier.predict(np.stack(decoded))
+        if batch:
+            top = classifier.predict(fetched.images[np.array([not e for e in fetched.errors], bool)])
             rows = zip(batch, top.ids, top.scores, top.kept, classifier.names(top.ids))
             for prediction, ids, scores, kept, names in rows:
                 prediction.ids = [int(i) for i in ids[:kept]]

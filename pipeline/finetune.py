@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
+from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
                                     list_training_files, shuffled, split_digest)
 from pipeline.finetune_model import DEFAULT_AUGMENT, parse_augment
@@ -68,6 +69,8 @@ class FinetuneConfig:
     overwrite: bool = False  # discard a previous run in OUTPUT
     address: str | None = None  # Ray cluster address; None starts a local Ray here
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for DATA/OUTPUT
+    read_retries: int = DEFAULT_RETRIES  # rounds of re-reading an image after a transient storage error
+    verbose: bool = False  # forward the workers' output (TensorFlow, Ray Train, Ray Data) to this console
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, str):
@@ -150,17 +153,19 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
              f"{config.workers} worker(s), augmentation: {','.join(config.augment) or 'none'}")
     import ray
 
-    from pipeline.ray_session import ray_session
+    from pipeline.ray_session import quiet_ray_data, ray_session
 
     if config.address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
         check_local_cpus(config)  # before paying for a Ray start (not inside a Ray job: it joins the cluster)
-    with ray_session(config.address, verbose=True):  # the workers' [finetune] lines are the progress
+    with ray_session(config.address, verbose=config.verbose):  # the workers' [finetune] lines come by relay
+        quiet_ray_data(config.verbose)
         check_cluster_resources(config, ray.cluster_resources, progress=progress)
         # Listed files come one class after another: decode them in a seeded random order so every
         # block mixes the classes; each epoch then reshuffles the block order and a local buffer.
         train = decode_split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options,
-                             config.resize)
-        val = decode_split(files.val, size, config.batch_size, config.storage_options, config.resize)
+                             config.resize, config.read_retries)
+        val = decode_split(files.val, size, config.batch_size, config.storage_options, config.resize,
+                           config.read_retries)
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
                                   config.workers, best_by=config.best_by)
         for path, error in summary.skipped[:5]:
@@ -229,6 +234,8 @@ def check_settings(config: FinetuneConfig) -> None:
                         "add --augment none and leave --fine-tune-epochs at 0")
     if not isinstance(config.storage_options, dict):
         raise UserError("--storage-options must be a JSON object")
+    if config.read_retries < 0:
+        raise UserError("--read-retries must be 0 or more rounds")
 
 
 def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> None:
@@ -331,6 +338,14 @@ def check_cluster_resources(config: FinetuneConfig, cluster_resources: Callable[
 
 
 def check_decoded(train: DecodedSplit, val: DecodedSplit, workers: int) -> None:
+    """Stop before training when storage failed us (training on whatever happened to arrive would change
+    the data set silently) or when a worker would get no images."""
+    transient = train.transient + val.transient
+    if transient:
+        path, error = transient[0]
+        raise JobFailedError(f"{len(transient)} images could not be read after retries (transient storage errors "
+                             f"such as throttling, timeouts or 5xx; first: {path}: {error}); nothing was trained: "
+                             "re-run the same command when the storage answers again")
     for name, split in (("training", train), ("validation", val)):
         if split.count < workers:
             raise UserError(f"only {split.count} readable {name} images for {workers} workers; every worker "
@@ -358,6 +373,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from pipeline.finetune_backend import MultiWorkerTensorflowConfig
+    from pipeline.progress_relay import relayed_progress
     from pipeline.finetune_worker import train_loop_per_worker
 
     loop_config = {
@@ -372,21 +388,22 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
     train_order = epoch_order(train.dataset, config.seed)
-    trainer = DataParallelTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        backend_config=MultiWorkerTensorflowConfig(),
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker,
-                                                           **({"GPU": 1} if config.use_gpu else {})}),
-        run_config=_run_config(config),
-        datasets={"train": train_order, "val": val.dataset},
-    )
     progress(f"training with {config.workers} Ray Train worker(s); checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
     threading.Thread(target=_import_keras, name="import-keras-for-export", daemon=True).start()
     try:
-        result = trainer.fit()
+        with relayed_progress(progress) as relay:
+            trainer = DataParallelTrainer(
+                train_loop_per_worker,
+                train_loop_config={**loop_config, "progress_relay": relay},
+                backend_config=MultiWorkerTensorflowConfig(),
+                scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                             resources_per_worker={"CPU": config.cpus_per_worker,
+                                                                   **({"GPU": 1} if config.use_gpu else {})}),
+                run_config=_run_config(config),
+                datasets={"train": train_order, "val": val.dataset},
+            )
+            result = trainer.fit()
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user

@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.images import decode_or_error, is_image_path
+from pipeline.fetch import DEFAULT_RETRIES, fetch_and_decode
+from pipeline.images import is_image_path
 
 SHUFFLE_SEED = 1234  # default seed of the training order (--seed)
 ROWS_PER_BLOCK = 64  # decoded rows per Ray block: small blocks make the per-epoch block shuffle fine-grained
@@ -143,23 +144,15 @@ def epoch_order(dataset: Any, seed: int) -> Any:
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any],
-                 resize_mode: str = "squash") -> dict[str, np.ndarray]:
-    """Ray Data batch function: paths -> uint8 images (as labeling fits them: ``resize_mode``); errors set ``error``."""
+                 resize_mode: str = "squash", retries: int = DEFAULT_RETRIES) -> dict[str, np.ndarray]:
+    """Ray Data batch function: paths -> uint8 images (as labeling fits them: ``resize_mode``), fetched
+    concurrently as labeling fetches them; ``error`` set for an image that cannot be used, ``transient``
+    for one whose reads kept failing for a reason that may pass (throttling, 5xx, timeouts)."""
     if storage_options:
         storage.set_storage_options(storage_options)
-    images = np.zeros((len(batch["path"]), size, size, 3), np.uint8)
-    errors = []
-    for i, path in enumerate(batch["path"]):
-        try:
-            data = storage.read_bytes(str(path))
-        except Exception as err:  # noqa: BLE001 - one unreadable file must not stop the run
-            errors.append(f"unreadable: {type(err).__name__}: {err}")
-            continue
-        result = decode_or_error(data, (size, size), resize_mode=resize_mode)
-        if result.image is not None:
-            images[i] = result.image
-        errors.append(result.error or "")
-    return {"path": batch["path"], "label": batch["label"], "image": images, "error": np.array(errors, dtype=object)}
+    fetched = fetch_and_decode([str(p) for p in batch["path"]], size, resize_mode, retries)
+    return {"path": batch["path"], "label": batch["label"], "image": fetched.images,
+            "error": np.array(fetched.errors, dtype=object), "transient": fetched.transient}
 
 
 def drop_failed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -171,11 +164,13 @@ def drop_failed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class DecodedSplit:
     dataset: Any  # materialized ray.data.Dataset with columns image (uint8) and label (int32)
     count: int  # images that decoded
-    failed: list[tuple[str, str]]  # (path, error) of the images skipped
+    failed: list[tuple[str, str]]  # (path, error) of the images skipped: they cannot be used
+    transient: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of reads that kept failing
 
 
 def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
-                 storage_options: dict[str, Any], resize_mode: str = "squash") -> DecodedSplit:
+                 storage_options: dict[str, Any], resize_mode: str = "squash",
+                 retries: int = DEFAULT_RETRIES) -> DecodedSplit:
     """Decode ``items`` once with Ray Data; corrupt images are dropped and reported, never fatal."""
     import ray
 
@@ -183,8 +178,11 @@ def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
     decoded = ray.data.from_items([{"path": p, "label": label} for p, label in items],
                                   override_num_blocks=blocks)
     decoded = decoded.map_batches(decode_batch, fn_kwargs={"size": size, "storage_options": storage_options,
-                                                                 "resize_mode": resize_mode},
+                                                                 "resize_mode": resize_mode, "retries": retries},
                                   batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=1).materialize()
-    failed = [(r["path"], r["error"]) for r in decoded.select_columns(["path", "error"]).iter_rows() if r["error"]]
+    failed, transient = [], []
+    for row in decoded.select_columns(["path", "error", "transient"]).iter_rows():
+        if row["error"]:
+            (transient if row["transient"] else failed).append((row["path"], row["error"]))
     good = decoded.map_batches(drop_failed, batch_format="numpy", num_cpus=1).materialize()
-    return DecodedSplit(good, good.count(), failed)
+    return DecodedSplit(good, good.count(), failed, transient)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.progress_relay import say
+
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 BEST_WEIGHTS_FILE = "best_weights.npz"  # the weights of state["best"]["epoch"], in model.weights order
@@ -80,10 +82,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.models.registry import get_spec
 
     _limit_threads(config["cpus_per_worker"])
-    # Reads TF_CONFIG, which Ray Train's TensorflowConfig wrote for this worker.
+    # Reads TF_CONFIG, which pipeline.finetune_backend wrote for this worker.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
     rank = context.get_world_rank()
+
+    def log(message: str) -> None:
+        _log(rank, message, config.get("progress_relay"))
+
     size, batch_size, num_classes = config["image_size"], config["batch_size"], config["num_classes"]
     preprocess = get_spec(config["base"]).preprocess_input
     monitor, patience = config["monitor"], config["patience"]
@@ -111,8 +117,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best_confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
         resumed = {"after_epoch": state["epoch"], "weights_checksum": weights_checksum(model.get_weights()),
                    "optimizer_iterations": None}
-        _log(rank, f"resuming after epoch {state['epoch']} (stage {state['stage']}): weights checksum "
-                   f"{resumed['weights_checksum']:.6f}")
+        log(f"resuming after epoch {state['epoch']} (stage {state['stage']}): weights checksum "
+            f"{resumed['weights_checksum']:.6f}")
 
     label_spec = tf.TensorSpec([None], tf.int32)
     if config["cache_features"]:
@@ -188,8 +194,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         extract = tf.function(lambda images: features(preprocess(tf.cast(images, tf.float32)), training=False))
         cached = {name: _cache(shard_batches(shard, None), extract)
                   for name, shard in (("train", train_shard), ("val", val_shard))}
-        _log(rank, f"cached base features of {len(cached['train'][1])} training images per worker "
-                   f"in {time.perf_counter() - started:.1f} s")
+        log(f"cached base features of {len(cached['train'][1])} training images per worker "
+            f"in {time.perf_counter() - started:.1f} s")
 
     def epoch_batches(name: str, shuffle_seed: int | None):
         if not config["cache_features"]:
@@ -223,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 optimizer.build(model.trainable_variables)
             if not fresh_stage:
                 _restore_optimizer(optimizer, saved_optimizer)
-                _log(rank, f"optimizer restored at iteration {int(optimizer.iterations.numpy())}")
+                log(f"optimizer restored at iteration {int(optimizer.iterations.numpy())}")
             if resumed is not None:
                 resumed["optimizer_iterations"] = None if fresh_stage else int(optimizer.iterations.numpy())
                 state["resumes"] = state.get("resumes", []) + [resumed]
@@ -231,8 +237,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved_optimizer = None
             state["stale"] = 0 if fresh_stage else state["stale"]
             train_step = make_train_step(optimizer)
-            _log(rank, f"stage {stage}: {len(model.trainable_variables)} trainable tensors, peak lr {peak:g} "
-                       f"({config['lr_schedule']})")
+            log(f"stage {stage}: {len(model.trainable_variables)} trainable tensors, peak lr {peak:g} "
+                f"({config['lr_schedule']})")
         shuffle_seed = (config["seed"] * 1_000_003 + epoch * 1009 + rank) % 2**31
         (loss, correct, seen), train_seconds = run_epoch(epoch_batches("train", shuffle_seed), train_step, 3)
         reduced, _ = run_epoch(epoch_batches("val", None), val_step, 3 + num_classes ** 2)
@@ -256,14 +262,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"] = state["history"] + [metrics]
         if patience and state["stale"] >= patience:
             if stage == 1 and config["fine_tune_epochs"]:
-                _log(rank, f"no better {monitor} for {patience} epoch(s): fine-tuning starts after epoch {epoch}")
+                log(f"no better {monitor} for {patience} epoch(s): fine-tuning starts after epoch {epoch}")
                 state["stage1_end"] = epoch
             else:
-                _log(rank, f"no better {monitor} for {patience} epoch(s): stopping after epoch {epoch}")
+                log(f"no better {monitor} for {patience} epoch(s): stopping after epoch {epoch}")
                 state["finished"] = True
-        _log(rank, "epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} "
-                   "val_accuracy {val_accuracy:.4f} lr {learning_rate:.2e} ({images_per_second:.1f} images/s)"
-                   .format(**metrics) + f"; best epoch {state['best']['epoch']}")
+        log("epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} "
+            "val_accuracy {val_accuracy:.4f} lr {learning_rate:.2e} ({images_per_second:.1f} images/s)"
+            .format(**metrics) + f"; best epoch {state['best']['epoch']}")
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:  # the variables are mirrored: one copy is the checkpoint
@@ -327,6 +333,7 @@ def _limit_threads(cpus: float) -> None:
         pass
 
 
-def _log(rank: int, message: str) -> None:
+def _log(rank: int, message: str, relay=None) -> None:
+    """Rank 0's progress: to the driver's console through the relay (or stdout without one)."""
     if rank == 0:
-        print(f"[finetune] {message}", flush=True)
+        say(relay, f"[finetune] {message}")

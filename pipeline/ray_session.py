@@ -25,6 +25,16 @@ def quiet_tensorflow() -> None:
         os.environ.setdefault(name, value)
 
 
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's per-operator progress bars and execution logs in this process, only with --verbose."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     """Connect to ``address``; disconnect at the end.

@@ -74,3 +74,30 @@ def photo_copies(tmp_path, photos):
                 shutil.copy(path, folder / f"{i:02d}_{name}{path.suffix}")
         return folder
     return make
+
+
+BUCKET = "feed-bucket"  # the bucket of ``s3_behind_proxy``
+
+
+@pytest.fixture(scope="module")
+def s3_behind_proxy():
+    """moto on loopback, a fault proxy in front of it, and fsspec options that go through the proxy."""
+    import s3fs
+    from s3_proxy import fault_proxy, moto_s3
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    with moto_s3() as endpoint, fault_proxy(endpoint) as proxy:
+        direct = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+        if not direct.exists(BUCKET):  # moto keeps its buckets per process, across servers
+            direct.mkdir(BUCKET)
+        # Few client-side retries, so an outage outlasts them quickly (real runs keep the defaults).
+        options = {"client_kwargs": {"endpoint_url": proxy.url},
+                   "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+        yield direct, proxy, options
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -43,6 +43,8 @@ class S3FaultProxy:
         self.requests = 0  # requests received
         self.refused = 0  # answered 503 SlowDown
         self.dropped = 0  # connections closed without an answer
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most at once since the last reset_max_in_flight()
         self._outage_until = 0.0
         self._outage_only = ""  # only requests whose path contains this are refused ("" = all)
         self._drop = 0
@@ -64,6 +66,10 @@ class S3FaultProxy:
         """Close the next ``count`` connections without answering (a connection reset)."""
         with self._lock:
             self._drop = count
+
+    def reset_max_in_flight(self) -> None:
+        with self._lock:
+            self.max_in_flight = self.in_flight
 
     def heal(self) -> None:
         self._outage_until, self._drop = 0.0, 0
@@ -92,6 +98,16 @@ class S3FaultProxy:
         await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self.requests += 1
             drop = self._drop > 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -147,6 +148,21 @@ def _checkpoint_checksum(folder: Path, classes: int, size: int) -> float:
     return weights_checksum(model.get_weights())
 
 
+def _kill_all(proc: subprocess.Popen, family: list) -> None:
+    """SIGKILL the driver's process group and every process it had started, and wait until they are gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    gone, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, f"processes of the killed run still alive: {alive}"
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
     source = _three_digits(tmp_path, 150)
@@ -157,6 +173,7 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
                "--augment", "rotate,zoom"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             text=True)
+    family: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 300
         while _checkpointed_epoch(output) < 1:
@@ -165,13 +182,14 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail("no checkpoint appeared in time")
             time.sleep(0.1)
+        # The local Ray the driver started (GCS, raylet, the Train controller and workers) outlives a kill -9
+        # of the driver by a moment and may register one more checkpoint: every process of the run must be
+        # gone before the test reads which epoch a resume has to continue from.
+        family[:] = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)  # kill -9 of the driver
         proc.wait(30)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it started
-        except ProcessLookupError:
-            pass
+        _kill_all(proc, family)
     done = _checkpointed_epoch(output)
     assert 1 <= done < 5, "the kill came too late to test resuming inside stage 1"
     folder = output / "checkpoints" / f"epoch_{done:04d}"
@@ -197,6 +215,12 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
     assert restored["weights_checksum"] == pytest.approx(checksum, rel=1e-12, abs=1e-9)
     assert restored["optimizer_iterations"] == iterations
     assert "6 epochs" in resumed.stdout
+    # A quiet console, as the user reads it: our lines (relayed from the rank-0 worker), not the workers'
+    # TensorFlow, Ray Train and Ray Data output; --verbose shows those.
+    console = resumed.stdout + resumed.stderr
+    assert f"[finetune] resuming after epoch {done}" in console and "[finetune] epoch 6: loss " in console
+    for chatter in ("pid=", "INFO:tensorflow", "Execution plan", "PlacementGroupCleaner", "Reporting training result"):
+        assert chatter not in console, (chatter, console[-3000:])
     history = _history(output)
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]  # none repeated, none missing
     for row, saved in zip(history[:done], before):  # the epochs before the kill were not trained again

@@ -17,10 +17,9 @@ from pipeline.cli import app
 from pipeline.label.config import LabelConfig
 from pipeline.label.feed import read_and_decode
 from pipeline.label.progress import Progress
-from s3_proxy import fault_proxy, moto_s3
+from conftest import BUCKET
 
 runner = CliRunner()
-BUCKET = "feed-bucket"
 
 
 def test_decode_and_inference_are_separate_operators(photo_dir, tmp_path):
@@ -80,28 +79,6 @@ def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():
         threads = ray.get(actor.__ray_call__.remote(lambda self: (
             self.cpu_threads, os.environ["TF_NUM_INTRAOP_THREADS"], os.environ["OMP_NUM_THREADS"])))
     assert threads == (1, "1", "1")
-
-
-@pytest.fixture(scope="module")
-def s3_behind_proxy():
-    """moto on loopback, a fault proxy in front of it, and fsspec options that go through the proxy."""
-    import s3fs
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
-    with moto_s3() as endpoint, fault_proxy(endpoint) as proxy:
-        direct = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
-        direct.mkdir(BUCKET)
-        # Few client-side retries, so an outage outlasts them quickly (real runs keep the defaults).
-        options = {"client_kwargs": {"endpoint_url": proxy.url},
-                   "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
-        yield direct, proxy, options
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behind_proxy, photos):

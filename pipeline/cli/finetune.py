@@ -81,6 +81,11 @@ def finetune_command(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
     cpus_per_worker: Annotated[float, typer.Option(min=0.01, help="CPUs Ray reserves for each worker.")] = 1.0,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
+    read_retries: Annotated[int, typer.Option(
+        min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
+                    "if some still fail, nothing is trained and the job exits 1.")] = 5,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Show the workers' output (TensorFlow, Ray Train, Ray Data), not just the epoch lines.")] = False,
 ) -> None:
     """Fine-tune a pretrained model on DATA with Ray Train and export it to OUTPUT for 'pipeline label --model OUTPUT'."""
     from pipeline.finetune import FinetuneConfig, run_finetune
@@ -94,7 +99,8 @@ def finetune_command(
             dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size, resize=resize.value,
             augment="none" if no_augment else augment, cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
             shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
-            storage_options=storage_options if storage_options else current_options(),
+            storage_options=storage_options if storage_options else current_options(), read_retries=read_retries,
+            verbose=verbose,
         )
         summary = run_finetune(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))

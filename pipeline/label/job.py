@@ -35,7 +35,7 @@ from pipeline.listing import image_identity, list_images
 from pipeline.models.loading import (check_embeddings, check_model, model_identity, model_kind,
                                      model_resize_mode)
 from pipeline.models.shipping import ship
-from pipeline.ray_session import ray_session
+from pipeline.ray_session import quiet_ray_data, ray_session
 
 
 def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
@@ -160,18 +160,6 @@ def _hold_back_transient(table: pa.Table, summary: LabelSummary) -> pa.Table:
     return table.drop_columns(["transient"])
 
 
-def _quiet_ray_data(verbose: bool) -> None:
-    """Ray Data's per-operator progress bars and execution logs, only with --verbose."""
-    import logging
-
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = verbose
-    context.print_on_execution_start = verbose
-    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
-
-
 def auto_concurrency(config: LabelConfig, resources: dict[str, float], blocks: int) -> tuple[int, int]:
     """How many predictor actors fit the cluster now: one per GPU share, or on CPUs one per core (each
     runs TensorFlow on its own ``cpus_per_actor`` threads, which beats one actor on every core: 241 vs
@@ -213,7 +201,7 @@ def bound_decoded_backlog(actors: int, block_bytes: int) -> int:
 
 def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Iterator[pa.Table]:
     """Result tables, streamed to the driver as the actors produce them."""
-    _quiet_ray_data(config.verbose)
+    quiet_ray_data(config.verbose)
     return label_dataset(config, todo, size).iter_batches(batch_size=None, batch_format="pyarrow")
 
 

@@ -5,8 +5,8 @@ their own event loop, so the threads only wait) and each image is decoded as soo
 so network waits overlap with decoding and a 25 ms object-store round trip costs a batch one round
 trip, not one per image.
 
-Failures are of two kinds. Permanent ones (a decode failure, a missing object) are an error text for
-that image. Everything else a read can raise (throttling, 5xx, timeouts, connection resets, expired
+Failures are of two kinds. Permanent ones (a decode failure, a missing object, a local file this user
+may not read, a malformed URL) are an error text for that image. Everything else a read can raise (throttling, 5xx, timeouts, connection resets, expired
 credentials) is retried with backoff; what still fails is marked ``transient``: the caller must not
 treat it as a property of the image (labeling leaves it for ``--resume``, fine-tuning stops).
 """
@@ -27,6 +27,8 @@ READS_IN_FLIGHT = 16  # concurrent object reads per batch
 FIRST_RETRY_DELAY = 0.5  # seconds before the first re-read of transient failures; doubles each round
 DEFAULT_RETRIES = 5  # rounds of re-reading after a transient failure: about 15 s of outage waited out
 PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+# A malformed or unknown URL (fsspec's "Protocol not known") and a missing filesystem package: no retry helps.
+CONFIGURATION_ERRORS = (ValueError, ImportError)
 NOT_FOUND = "not found: no such file or object (deleted, moved, or not visible from this machine)"
 
 
@@ -82,6 +84,16 @@ def _fetch_round(pool: ThreadPoolExecutor, items: Sequence[str | bytes], indices
             data = future.result()
         except PERMANENT_READ_ERRORS:
             errors[i] = NOT_FOUND
+            continue
+        except CONFIGURATION_ERRORS as err:
+            errors[i] = f"unreadable: {type(err).__name__}: {err}"
+            continue
+        except PermissionError as err:
+            if storage.is_url(str(items[i])):  # object stores say AccessDenied for expired credentials too
+                errors[i] = f"unreadable after retries: {type(err).__name__}: {err}"
+                retry.append(i)
+            else:  # a local file's permissions do not change by waiting
+                errors[i] = f"unreadable: {type(err).__name__}: {err}"
             continue
         except Exception as err:  # noqa: BLE001 - throttling, 5xx, timeouts, resets: may pass
             errors[i] = f"unreadable after retries: {type(err).__name__}: {err}"

@@ -343,8 +343,9 @@ def check_decoded(train: DecodedSplit, val: DecodedSplit, workers: int) -> None:
     transient = train.transient + val.transient
     if transient:
         path, error = transient[0]
-        raise JobFailedError(f"{len(transient)} images could not be read after retries (transient storage errors "
-                             f"such as throttling, timeouts or 5xx; first: {path}: {error}); nothing was trained: "
+        raise JobFailedError(f"{len(transient)} images could not be read after retries (first: {path}: {error}); "
+                             "nothing was trained: if that is an access or credentials error, fix the access "
+                             "(--storage-options, the node's role); if it is throttling, a timeout or a 5xx, "
                              "re-run the same command when the storage answers again")
     for name, split in (("training", train), ("validation", val)):
         if split.count < workers:
@@ -408,8 +409,11 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         raise
     except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
         print(f"fine-tuning failed: {type(err).__name__}: {err}", file=sys.stderr)
-        raise JobFailedError(f"fine-tuning failed ({type(err).__name__}); the last finished epoch is "
-                             f"checkpointed in OUTPUT: re-run with --resume to continue") from err
+        hint = "" if config.verbose else (" (re-run with --verbose to see the workers' own output; Ray's logs are "
+                                          "under /tmp/ray/session_latest/logs on each node)")
+        raise JobFailedError(f"fine-tuning failed ({type(err).__name__}){hint}; every finished epoch is "
+                             f"checkpointed in OUTPUT: once the cause is fixed, re-run with --resume to "
+                             f"continue") from err
     if result.checkpoint is None:
         raise JobFailedError("training finished without a checkpoint")
     return result.checkpoint.to_directory()

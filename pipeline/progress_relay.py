@@ -15,11 +15,17 @@ from typing import Callable, Iterator
 import ray
 
 POLL_SECONDS = 0.5
+GET_TIMEOUT = 10.0  # seconds the driver waits for the relay's answer before trying again
+SAY_TIMEOUT = 5.0  # seconds a worker waits for the relay to hold its line
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class ProgressRelay:
-    """Holds the lines workers say until the driver takes them."""
+    """Holds every line the workers said (one per epoch or so: a few kilobytes) until the job ends.
+
+    The driver asks for the lines after the ones it has printed, so an answer lost to a timeout is asked
+    for again, not lost.
+    """
 
     def __init__(self) -> None:
         self._lines: list[str] = []
@@ -27,23 +33,32 @@ class ProgressRelay:
     def say(self, line: str) -> None:
         self._lines.append(line)
 
-    def take(self) -> list[str]:
-        lines, self._lines = self._lines, []
-        return lines
+    def since(self, printed: int) -> list[str]:
+        return self._lines[printed:]
 
 
 @contextlib.contextmanager
 def relayed_progress(progress: Callable[[str], None]) -> Iterator["ray.actor.ActorHandle"]:
     """A relay whose lines reach ``progress`` (on this process's console) within ``POLL_SECONDS``.
 
-    Yields the actor handle to pass to the workers; every line said before the block ends is printed.
+    Yields the actor handle to pass to the workers; every line a worker said before the block ends is
+    printed (a worker's ``say`` returns once the relay holds the line).
     """
     relay = ProgressRelay.remote()
+    printed = 0
     done = threading.Event()
+    lock = threading.Lock()
+
+    def print_new() -> None:
+        nonlocal printed
+        with lock, contextlib.suppress(Exception):  # the relay is only progress: never fail a job over it
+            for line in ray.get(relay.since.remote(printed), timeout=GET_TIMEOUT):
+                printed += 1
+                progress(line)
 
     def pump() -> None:
         while not done.wait(POLL_SECONDS):
-            _print(relay, progress)
+            print_new()
 
     thread = threading.Thread(target=pump, name="progress-relay", daemon=True)
     thread.start()
@@ -51,21 +66,20 @@ def relayed_progress(progress: Callable[[str], None]) -> Iterator["ray.actor.Act
         yield relay
     finally:
         done.set()
-        thread.join()
-        with contextlib.suppress(Exception):  # the relay is only progress: never fail a job over it
-            _print(relay, progress)
+        thread.join(GET_TIMEOUT + 1)
+        print_new()
+        with contextlib.suppress(Exception):
             ray.kill(relay)
 
 
-def _print(relay, progress: Callable[[str], None]) -> None:
-    with contextlib.suppress(ray.exceptions.RayError):
-        for line in ray.get(relay.take.remote(), timeout=30):
-            progress(line)
-
-
 def say(relay, line: str) -> None:
-    """On a worker: send ``line`` to the driver's console (fire and forget); print it when there is no relay."""
+    """On a worker: send ``line`` to the driver's console; print it when there is no relay.
+
+    Waits (at most ``SAY_TIMEOUT``) until the relay holds the line, so a line said just before a worker
+    ends is not lost; a relay that does not answer costs the worker that wait, never the training.
+    """
     if relay is None:
         print(line, flush=True)
-    else:
-        relay.say.remote(line)
+        return
+    with contextlib.suppress(Exception):
+        ray.get(relay.say.remote(line), timeout=SAY_TIMEOUT)

@@ -4,12 +4,14 @@ transient failures that never pass for a property of the image. Real S3 (moto) b
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import pipeline
+import pipeline.fetch
 from conftest import BUCKET
 from pipeline.cli import app
 from pipeline.fetch import fetch_and_decode
@@ -71,6 +73,17 @@ def test_classify_reads_urls_concurrently(photos_on_s3):
     assert proxy.max_in_flight >= 8
     assert [r.label for r in results[:4]] == [r.label for r in results[4:8]]  # the same photos again
     assert results[1].label == "espresso" and results[16].error.startswith("not found")
+
+
+def test_errors_no_wait_can_fix_are_not_retried(tmp_path, monkeypatch):
+    """A malformed URL or a missing file is an error row at once, never a 15 s retry loop or a transient."""
+    monkeypatch.setattr(pipeline.fetch, "FIRST_RETRY_DELAY", 30.0)  # a retry round would show in the time
+    started = time.monotonic()
+    fetched = fetch_and_decode(["nosuchprotocol://bucket/a.jpg", str(tmp_path / "gone.jpg")], 32, retries=3)
+    assert time.monotonic() - started < 10
+    assert not fetched.transient.any()
+    assert fetched.errors[0].startswith("unreadable: ValueError") and "nosuchprotocol" in fetched.errors[0]
+    assert fetched.errors[1].startswith("not found")
 
 
 def test_fine_tuning_stops_when_storage_keeps_failing_and_trains_nothing(s3_behind_proxy, photos, tmp_path):

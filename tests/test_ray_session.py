@@ -54,3 +54,38 @@ def test_workers_are_quiet_unless_verbose_and_errors_still_arrive():
     assert verbose.returncode == 0, verbose.stderr[-2000:]
     assert "WORKER-SAYS-HI" in verbose.stdout + verbose.stderr
     assert "level 0" in verbose.stdout  # the user's own value wins
+
+
+RELAY_SCRIPT = textwrap.dedent("""
+    import ray
+    from pipeline.progress_relay import relayed_progress, say
+    from pipeline.ray_session import ray_session
+
+    @ray.remote
+    def work(relay):
+        print("WORKER-CHATTER", flush=True)
+        for i in range(3):
+            say(relay, f"line {i}")
+        return "done"  # the last line was said just before the task ends
+
+    printed = []
+
+    def progress(line):
+        printed.append(line)
+        if line == "line 0":
+            raise BrokenPipeError("the console went away for a moment")
+
+    with ray_session(None, verbose=False):
+        with relayed_progress(progress) as relay:
+            print(ray.get(work.remote(relay)))
+    print("printed", printed)
+""")
+
+
+def test_relayed_lines_all_reach_the_driver_in_order_and_chatter_does_not():
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", RELAY_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env={**environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "printed ['line 0', 'line 1', 'line 2']" in result.stdout  # a failing console costs no line after it
+    assert "WORKER-CHATTER" not in result.stdout + result.stderr

@@ -6,9 +6,10 @@ so network waits overlap with decoding and a 25 ms object-store round trip costs
 trip, not one per image.
 
 Failures are of two kinds. Permanent ones (a decode failure, a missing object, a local file this user
-may not read, a malformed URL) are an error text for that image. Everything else a read can raise (throttling, 5xx, timeouts, connection resets, expired
-credentials) is retried with backoff; what still fails is marked ``transient``: the caller must not
-treat it as a property of the image (labeling leaves it for ``--resume``, fine-tuning stops).
+may not read, a malformed URL) are an error text for that image. Everything else a read can raise
+(throttling, 5xx, timeouts, connection resets, expired credentials) is retried with backoff; what still
+fails is marked ``transient``: the caller must not treat it as a property of the image (labeling leaves
+it for ``--resume``, fine-tuning stops).
 """
 
 from __future__ import annotations

@@ -61,15 +61,14 @@ def classify(
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         fetched = fetch_and_decode(chunk, size, classifier.loaded.resize_mode, retries)
-        batch = []
-        for offset, item in enumerate(chunk):
-            source = item if isinstance(item, str) else f"<bytes #{start + offset}>"
-            prediction = Prediction(source, error=fetched.errors[offset] or None)
-            results.append(prediction)
-            if prediction.error is None:
-                batch.append(prediction)
+        chunk_results = [Prediction(item if isinstance(item, str) else f"<bytes #{start + offset}>",
+                                    error=error or None)
+                         for offset, (item, error) in enumerate(zip(chunk, fetched.errors))]
+        results.extend(chunk_results)
+        decoded = np.array([p.error is None for p in chunk_results], bool)
+        batch = [p for p in chunk_results if p.error is None]
         if batch:
-            top = classifier.predict(fetched.images[np.array([not e for e in fetched.errors], bool)])
+            top = classifier.predict(fetched.images[decoded])
             rows = zip(batch, top.ids, top.scores, top.kept, classifier.names(top.ids))
             for prediction, ids, scores, kept, names in rows:
                 prediction.ids = [int(i) for i in ids[:kept]]

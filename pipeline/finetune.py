@@ -2,8 +2,9 @@
 
 Driver side: check the settings and the input (before any Ray work; on --resume, that
 OUTPUT's run was trained on the same data), decode the images once with Ray Data, run
-a ``DataParallelTrainer`` (the loop is in ``pipeline.finetune_worker``, TF_CONFIG from ``pipeline.finetune_backend``), then export the
-best epoch and write ``history.csv``, ``curves.png`` and the per-class report into OUTPUT.
+a ``DataParallelTrainer`` (the loop is in ``pipeline.finetune_worker``, TF_CONFIG from
+``pipeline.finetune_backend``), then export the best epoch and write ``history.csv``, ``curves.png``
+and the per-class report into OUTPUT.
 """
 
 from __future__ import annotations

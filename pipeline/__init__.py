@@ -4,10 +4,9 @@
 command runs the Ray jobs (label, finetune, submit) and queries their output.
 """
 
-import os
+from pipeline.tensorflow_env import apply_tensorflow_defaults
 
-# TensorFlow's C++ start-up chatter hides our own messages; users can still override this.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+apply_tensorflow_defaults()  # before anything of ours imports TensorFlow: it reads them when it loads
 
 from pipeline.classification import Prediction, classify  # noqa: E402
 

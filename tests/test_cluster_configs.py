@@ -185,6 +185,11 @@ def test_kuberay_gpu_workers_autoscale_and_jobs_clean_up(path):
     [gpu] = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in
              g["template"]["spec"]["containers"][0]["resources"]["limits"]]
     assert gpu["minReplicas"] < gpu["maxReplicas"]
+    for group in spec["workerGroupSpecs"]:  # idle decode workers are kept, not restarted per task
+        container = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        cpus = float(container["resources"]["limits"]["cpu"])
+        assert int(env.get("RAY_num_workers_soft_limit", 0)) >= 4 * cpus, group["groupName"]
     if doc["kind"] == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         runtime_env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])

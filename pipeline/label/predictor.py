@@ -8,7 +8,6 @@ float16, null on error rows.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,9 @@ class Predictor:
                  storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
                  settings: ModelSettings | None = None, cpu_threads: int | None = None, embeddings: bool = False):
         from pipeline.models.shipping import receive
-        from pipeline.ray_session import quiet_tensorflow
+        from pipeline.tensorflow_env import use_cpu_threads
 
-        quiet_tensorflow()  # before TensorFlow loads in this worker; composes with any job runtime env
+        # (importing pipeline set the process's TensorFlow defaults: pipeline.tensorflow_env)
         if cpu_threads:  # a CPU actor computes on its own share of cores, not on all of them at once
             use_cpu_threads(cpu_threads)
         import tensorflow as tf
@@ -95,13 +94,6 @@ class Predictor:
             columns["embedding"] = embedding_column(features, ok)
         return pa.table(columns, schema=self.schema).append_column(
             "transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
-
-
-def use_cpu_threads(threads: int) -> None:
-    """Size TensorFlow's and OpenMP's thread pools before TensorFlow loads in this worker (``tf.config`` alone
-    leaves the pools that TensorFlow creates at import, e.g. oneDNN's OpenMP threads, at every core)."""
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[name] = str(threads)
 
 
 def embedding_column(features: np.ndarray | None, ok: np.ndarray) -> pa.Array:

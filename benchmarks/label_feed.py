@@ -4,12 +4,15 @@
 
 Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up counts on both sides:
 - peer: one process, `read_file -> decode_jpeg -> resize -> batch -> prefetch -> compiled forward pass`
-  (tf.data with AUTOTUNE parallelism), the loop a user would write instead of this tool;
+  (tf.data with AUTOTUNE parallelism), the loop a user would write instead of this tool, with
+  TensorFlow's default CPU allocator (and with --peer-bfc also with the BFC allocator the pipeline sets);
 - `pipeline label` on a local Ray: wall time, start-up seconds and steady images/s from its summary;
 - the machine's limit: cores / (core-seconds of one image's forward pass + its decode), both measured
-  here with process CPU time, and the steady rate as a fraction of it;
+  with process CPU time in a process set up as a predictor actor, and the steady rate as a fraction of it
+  (the limit with TensorFlow's default allocator is printed beside it);
 - with --s3-images: the same job reading from S3 (moto on loopback) behind a proxy adding 25 ms to
-  every request, against local disk.
+  every request, against local disk and against the same S3 with no added latency (moto and the proxy
+  run in the benchmark's process on the same cores: their CPU share is printed).
 Models run with `--weights none` unless they have offline weights: speed does not depend on them.
 """
 
@@ -56,15 +59,17 @@ print(json.dumps({"rows": rows, "wall": time.perf_counter() - start}))
 '''
 
 
-def run_peer(files: list[str], model: str, weights: str, batch: int, work: Path) -> dict:
+def run_peer(files: list[str], model: str, weights: str, batch: int, work: Path, allocator_bfc: bool = False) -> dict:
+    """The loop as a user writes it: TensorFlow's default CPU allocator, unless ``allocator_bfc``."""
     listing = work / "peer-list.txt"
     listing.write_text("\n".join(files))
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true" if allocator_bfc else "false"}
     out = subprocess.run([sys.executable, "-c", PEER, str(listing), model, weights, str(batch)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(([\d.]+) s to the first result, steady ([\d.]+) images/s")
+SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(([\d.]+) s to the first result(?:, steady ([\d.]+) images/s)?")
 
 
 def run_label(source: str, out: str, model: str, weights: str, extra: list[str], env: dict | None = None) -> dict:
@@ -87,39 +92,54 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
     if not match:
         raise SystemExit(f"no summary line in:\n{stdout}")
     rows, seconds, startup, steady = match.groups()
-    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady),
+    # no steady rate when every result came in one burst (a job of one task)
+    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady or "nan"),
             "peak_gib": peak / 2**30}
 
 
-def machine_limit(model: str, weights: str, folder: Path, batch: int) -> dict:
+LIMIT = r'''
+import sys, os, time, json
+from pathlib import Path
+import numpy as np
+import pipeline  # TensorFlow's defaults (pipeline.tensorflow_env) before it loads, as in every actor
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from pipeline.images import decode_image
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+model, weights, folder, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
+size = (classifier.loaded.input_size,) * 2
+blobs = [f.read_bytes() for f in sorted(folder.iterdir())[: batch * 8]]
+cpu = time.process_time()
+pixels = np.stack([decode_image(b, size) for b in blobs])
+decode_core = (time.process_time() - cpu) / len(blobs)
+classifier.predict(pixels[:batch])  # trace once
+classifier.predict(pixels)  # the allocator has seen every shape
+cpu, wall = time.process_time(), time.perf_counter()
+classifier.predict(pixels)
+forward_core = (time.process_time() - cpu) / len(pixels)
+print(json.dumps({"decode_ms": decode_core * 1000, "forward_core_ms": forward_core * 1000,
+                  "ceiling": len(pixels) / (time.perf_counter() - wall)}))
+'''
+
+
+def machine_limit(model: str, weights: str, folder: Path, batch: int, allocator_bfc: bool = True) -> dict:
     """Images/s the cores could do if they did nothing but decode and run the forward pass.
 
-    The forward pass is timed on one thread, as each CPU predictor actor runs it: TensorFlow's
-    default of every core for one batch spends more core-time per image (it parallelises depthwise
-    convolutions poorly), which would flatter the ratio.
+    Measured in a fresh process set up as a predictor actor is: TensorFlow on one thread, with the
+    process defaults of pipeline.tensorflow_env (``allocator_bfc=False``: TensorFlow's default CPU
+    allocator instead, what a script that does not set it gets). TensorFlow's default of every core for
+    one batch spends more core-time per image (it parallelises depthwise convolutions poorly), which
+    would flatter the ratio.
     """
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline.images import decode_image
-    from pipeline.inference import CompiledClassifier
-    from pipeline.models.loading import load_model
-
-    classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
-    size = (classifier.loaded.input_size,) * 2
-    blobs = [f.read_bytes() for f in sorted(folder.iterdir())[: batch * 8]]
-    cpu = time.process_time()
-    pixels = np.stack([decode_image(b, size) for b in blobs])
-    decode_core = (time.process_time() - cpu) / len(blobs)
-    classifier.predict(pixels[:batch])  # trace once
-    cpu, wall = time.process_time(), time.perf_counter()
-    classifier.predict(pixels)
-    forward_core = (time.process_time() - cpu) / len(pixels)
-    ceiling = len(pixels) / (time.perf_counter() - wall)
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true" if allocator_bfc else "false"}
+    out = subprocess.run([sys.executable, "-c", LIMIT, model, weights, str(folder), str(batch)],
+                         capture_output=True, text=True, check=True, env=env)
+    limit = json.loads(out.stdout.strip().splitlines()[-1])
     cores = os.cpu_count() or 1
-    return {"decode_ms": decode_core * 1000, "forward_core_ms": forward_core * 1000, "ceiling": ceiling,
-            "limit": cores / (decode_core + forward_core), "cores": cores}
+    return {**limit, "cores": cores, "limit": cores * 1000 / (limit["decode_ms"] + limit["forward_core_ms"])}
 
 
 STARTUP = r'''
@@ -170,19 +190,30 @@ def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: lis
         for f in files:
             os.link(f, local_dir / f.name)
         options = json.dumps({"client_kwargs": {"endpoint_url": proxy.url}})
-        ratios = []
+        ratios, no_latency_ratios = [], []
         for round_ in range(repeat):
             local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
-            before = proxy.requests
-            remote = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
-                               [*extra, "--storage-options", options])
+            runs = {}
+            for added in (0.0, latency):  # the S3 server and the proxy run in this process, on the same cores
+                proxy.latency = added
+                before, cpu = proxy.requests, time.process_time()
+                runs[added] = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
+                                        [*extra, "--storage-options", options])
+                runs[added]["requests"] = proxy.requests - before
+                runs[added]["server_cores"] = (time.process_time() - cpu) / runs[added]["wall"]
+            remote, plain = runs[latency], runs[0.0]
             ratios.append(local["wall"] / remote["wall"])
+            no_latency_ratios.append(plain["wall"] / remote["wall"])
             print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, round {round_ + 1}: wall {remote['wall']:.1f} s, "
-                  f"steady {remote['steady']:.1f} img/s ({proxy.requests - before} requests) vs local disk wall "
-                  f"{local['wall']:.1f} s, steady {local['steady']:.1f} img/s: S3/local = {ratios[-1]:.2f} (wall), "
-                  f"{remote['steady'] / local['steady']:.2f} (steady)", flush=True)
-        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: median S3/local = {float(np.median(ratios)):.2f} "
-              f"(wall) over {repeat} rounds", flush=True)
+                  f"steady {remote['steady']:.1f} img/s ({remote['requests']} requests; moto and the proxy used "
+                  f"{remote['server_cores']:.2f} cores) vs local disk wall {local['wall']:.1f} s, steady "
+                  f"{local['steady']:.1f} img/s: S3/local = {ratios[-1]:.2f} (wall), "
+                  f"{remote['steady'] / local['steady']:.2f} (steady); vs S3 with no added latency wall "
+                  f"{plain['wall']:.1f} s (server {plain['server_cores']:.2f} cores): {no_latency_ratios[-1]:.2f}",
+                  flush=True)
+        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: median S3/local = {float(np.median(ratios)):.2f}, "
+              f"S3 +{latency * 1000:.0f} ms / S3 +0 ms = {float(np.median(no_latency_ratios)):.2f} (wall) over "
+              f"{repeat} rounds", flush=True)
 
 
 def main() -> None:
@@ -193,6 +224,8 @@ def main() -> None:
     parser.add_argument("--s3-images", type=int, default=0, help="also compare S3 with added latency")
     parser.add_argument("--latency", type=float, default=0.025, help="seconds added to every S3 request")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--peer-bfc", action="store_true",
+                        help="also run the tf.data loop with TensorFlow's BFC CPU allocator (what the pipeline sets)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per size (pipeline, then peer); medians reported")
     parser.add_argument("label_args", nargs="*", help="extra `pipeline label` flags, after --")
     args = parser.parse_args()
@@ -202,10 +235,13 @@ def main() -> None:
         work = Path(tmp)
         photos = work / "photos"
         make_photos(photos, max(args.images + [args.s3_images]))
+        default = machine_limit(args.model, weights, photos, args.batch_size, allocator_bfc=False)
         limit = machine_limit(args.model, weights, photos, args.batch_size)
         print(f"{args.model}: decode {limit['decode_ms']:.2f} core-ms/image, forward pass "
               f"{limit['forward_core_ms']:.2f} core-ms/image (compiled ceiling {limit['ceiling']:.1f} img/s); "
-              f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s", flush=True)
+              f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s. With TensorFlow's default CPU "
+              f"allocator: forward pass {default['forward_core_ms']:.2f} core-ms/image, limit "
+              f"{default['limit']:.1f} img/s", flush=True)
         steps = startup_breakdown(args.model, weights)
         print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
         for n in args.images:
@@ -213,7 +249,7 @@ def main() -> None:
             subset.mkdir()
             for f in sorted(photos.iterdir())[:n]:
                 os.link(f, subset / f.name)
-            labels, peers = [], []
+            labels, peers, bfc_peers = [], [], []
             for round_ in range(args.repeat):  # interleaved, so a slow minute of the machine hits both sides
                 label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
                 labels.append(label)
@@ -225,6 +261,12 @@ def main() -> None:
                                     args.batch_size, work)
                     peers.append(peer)
                     line += f"; tf.data loop {peer['wall']:.1f} s; pipeline/peer = {peer['wall'] / label['wall']:.2f}x"
+                if args.peer_bfc:
+                    peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
+                                    args.batch_size, work, allocator_bfc=True)
+                    bfc_peers.append(peer)
+                    line += (f"; tf.data loop with the BFC allocator {peer['wall']:.1f} s; "
+                             f"pipeline/that = {peer['wall'] / label['wall']:.2f}x")
                 print(line, flush=True)
             wall = float(np.median([r["wall"] for r in labels]))
             steady = float(np.median([r["steady"] for r in labels]))
@@ -234,6 +276,9 @@ def main() -> None:
             if peers:
                 peer_wall = float(np.median([r["wall"] for r in peers]))
                 line += f"; tf.data loop {peer_wall:.1f} s; pipeline/peer = {peer_wall / wall:.2f}x"
+            if bfc_peers:
+                peer_wall = float(np.median([r["wall"] for r in bfc_peers]))
+                line += f"; with the BFC allocator {peer_wall:.1f} s: {peer_wall / wall:.2f}x"
             print(line, flush=True)
         if args.s3_images:
             s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency, args.repeat)

@@ -74,9 +74,12 @@ def learning_rate_schedule(peak: float, stage_steps: int, warmup_steps: int, kin
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import keras
     import ray.train
-    import tensorflow as tf
+
+    from pipeline.tensorflow_env import import_tensorflow_for_worker
+
+    tf = import_tensorflow_for_worker()
+    import keras
 
     from pipeline.finetune_model import augmentation_layers, build_classifier, unfreeze_top
     from pipeline.models.registry import get_spec

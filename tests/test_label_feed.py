@@ -81,6 +81,34 @@ def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():
     assert threads == (1, "1", "1")
 
 
+def test_predictor_actor_loads_keras_without_scikit_learn_and_pyplot_yet_both_still_import():
+    """Keras imports scikit-learn and matplotlib.pyplot at load when they are installed (1.4 s of CPU in every
+    actor, for wrappers and plots an actor never uses); the actor leaves them out, and a user's layer can still
+    import them afterwards."""
+    import importlib.util
+
+    import ray
+
+    from pipeline.label.predictor import Predictor
+    from pipeline.ray_session import ray_session
+
+    assert importlib.util.find_spec("sklearn") is not None, "the test extra installs scikit-learn"
+
+    def modules(self):
+        import sys
+
+        loaded = ("sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules)
+        import matplotlib.pyplot  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
+
+        return loaded, self.classifier.predict(np.zeros((1, 224, 224, 3), np.uint8)).ids.shape
+
+    with ray_session(None):
+        actor = ray.remote(num_cpus=0.5)(Predictor).remote(
+            model="mobilenet_v2", weights="none", top_k=1, batch_size=2, storage_options={}, cpu_threads=1)
+        assert ray.get(actor.__ray_call__.remote(modules)) == ((False, False), (1, 1))
+
+
 def test_cpu_forward_pass_reuses_host_memory_instead_of_faulting_it_in_again():
     """TensorFlow's default CPU allocator returned each batch's activations to the OS and page-faulted them
     in again on the next batch (5,000 faults an image for MobileNetV2): 38% of the forward pass in the kernel."""

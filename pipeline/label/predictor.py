@@ -29,12 +29,12 @@ class Predictor:
                  storage_options: dict[str, Any], precision: str = "float32", xla: bool = False,
                  settings: ModelSettings | None = None, cpu_threads: int | None = None, embeddings: bool = False):
         from pipeline.models.shipping import receive
-        from pipeline.tensorflow_env import use_cpu_threads
+        from pipeline.tensorflow_env import import_tensorflow_for_worker, use_cpu_threads
 
         # (importing pipeline set the process's TensorFlow defaults: pipeline.tensorflow_env)
         if cpu_threads:  # a CPU actor computes on its own share of cores, not on all of them at once
             use_cpu_threads(cpu_threads)
-        import tensorflow as tf
+        tf = import_tensorflow_for_worker()
 
         if cpu_threads:
             tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)

@@ -9,7 +9,8 @@ Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up
 - `pipeline label` on a local Ray: wall time, start-up seconds and steady images/s from its summary;
 - the machine's limit: cores / (core-seconds of one image's forward pass + its decode), both measured
   with process CPU time in a process set up as a predictor actor, and the steady rate as a fraction of it
-  (the limit with TensorFlow's default allocator is printed beside it);
+  (the limit with TensorFlow's default allocator is printed beside it); the limit is measured again after
+  every pipeline run and the steady rate compared with that one, as the machine drifts over minutes;
 - with --s3-images: the same job reading from S3 (moto on loopback) behind a proxy adding 25 ms to
   every request, against local disk and against the same S3 with no added latency (moto and the proxy
   run in the benchmark's process on the same cores: their CPU share is printed).
@@ -174,8 +175,12 @@ def startup_breakdown(model: str, weights: str) -> dict:
 
 def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float,
                   repeat: int = 1) -> None:
+    import logging
+
     import s3fs
     from s3_proxy import fault_proxy, moto_s3
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
@@ -250,13 +255,18 @@ def main() -> None:
             subset.mkdir()
             for f in sorted(photos.iterdir())[:n]:
                 os.link(f, subset / f.name)
-            labels, peers, bfc_peers = [], [], []
+            labels, peers, bfc_peers, shares = [], [], [], []
             for round_ in range(args.repeat):  # interleaved, so a slow minute of the machine hits both sides
                 label = run_label(str(subset), str(work / f"out{n}"), args.model, weights, extra)
                 labels.append(label)
+                # The forward pass's core-time drifts by 10-20% over minutes on a shared machine: the limit
+                # is measured again right after each run, and the steady rate compared with that one.
+                limit = machine_limit(args.model, weights, photos, args.batch_size)
+                shares.append(label["steady"] / limit["limit"])
                 line = (f"N={n} round {round_ + 1}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to "
-                        f"the first result, steady {label['steady']:.1f} img/s = "
-                        f"{label['steady'] / limit['limit']:.2f}x the machine limit, peak RSS {label['peak_gib']:.2f} GiB)")
+                        f"the first result, steady {label['steady']:.1f} img/s = {shares[-1]:.2f}x the machine "
+                        f"limit of {limit['limit']:.1f} img/s measured just after it, peak RSS "
+                        f"{label['peak_gib']:.2f} GiB)")
                 if not args.skip_peer:
                     peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,
                                     args.batch_size, work)
@@ -271,8 +281,8 @@ def main() -> None:
                 print(line, flush=True)
             wall = float(np.median([r["wall"] for r in labels]))
             steady = float(np.median([r["steady"] for r in labels]))
-            line = (f"N={n} median of {args.repeat}: pipeline label {wall:.1f} s (steady {steady:.1f} img/s = "
-                    f"{steady / limit['limit']:.2f}x the machine limit, peak RSS "
+            line = (f"N={n} median of {args.repeat}: pipeline label {wall:.1f} s (steady {steady:.1f} img/s; "
+                    f"{float(np.median(shares)):.2f}x the machine limit of its round, peak RSS "
                     f"{max(r['peak_gib'] for r in labels):.2f} GiB max)")
             if peers:
                 peer_wall = float(np.median([r["wall"] for r in peers]))

@@ -63,6 +63,18 @@ class UnreadableImageError(ImageError):
     kind = "unreadable"
 
 
+class UnsupportedImageError(ImageError):
+    kind = "unsupported image"
+
+
+# Formats recognised by their first bytes when Pillow cannot open the file, so the error row names the
+# format instead of calling a real image "not an image" (scikit-image's multipage_rgb.tif: float64 planar RGB).
+_SIGNATURES = {
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "BigTIFF", b"MM\x00+": "BigTIFF",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000", b"\xffO\xffQ": "JPEG 2000", b"8BPS": "Photoshop",
+}
+
+
 def is_image_path(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -106,6 +118,11 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
     except ImageError:
         raise
     except UnidentifiedImageError as err:
+        known = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+        if known:
+            raise UnsupportedImageError(
+                f"a {known} file whose layout Pillow cannot decode (e.g. floating-point, planar or "
+                "many-channel samples); convert it to 8-bit RGB") from err
         raise NotAnImageError("no image format recognised") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLargeError(str(err)) from err

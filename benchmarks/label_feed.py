@@ -6,7 +6,8 @@ Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up
 - peer: one process, `read_file -> decode_jpeg -> resize -> batch -> prefetch -> compiled forward pass`
   (tf.data with AUTOTUNE parallelism), the loop a user would write instead of this tool, with
   TensorFlow's default CPU allocator (and with --peer-bfc also with the BFC allocator the pipeline sets);
-- `pipeline label` on a local Ray: wall time, start-up seconds and steady images/s from its summary;
+- `pipeline label` on a local Ray: wall time, start-up seconds and steady images/s from its summary, and
+  the CPU seconds its processes used (predictor actors, decode workers, driver, Ray's own);
 - the machine's limit: cores / (core-seconds of one image's forward pass + its decode), both measured
   with process CPU time in a process set up as a predictor actor, and the steady rate as a fraction of it
   (the limit with TensorFlow's default allocator is printed beside it); the limit is measured again after
@@ -81,9 +82,10 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, cpu = psutil.Process(proc.pid), 0, {}
     while proc.poll() is None:
         peak = max(peak, _tree_rss(root))
+        _sample_cpu(root, cpu)
         time.sleep(0.2)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
@@ -95,7 +97,54 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
     rows, seconds, startup, steady = match.groups()
     # no steady rate when every result came in one burst (a job of one task)
     return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady or "nan"),
-            "peak_gib": peak / 2**30}
+            "peak_gib": peak / 2**30, "cpu": _cpu_by_role(cpu)}
+
+
+def _sample_cpu(root, seen: dict[int, tuple[int, str, float]]) -> None:
+    """The latest CPU seconds of every process in the job's tree (Ray's processes are the driver's
+    descendants), with the most specific role its title ever showed: a worker starts untitled, idles as
+    ``ray::IDLE`` between decode tasks and may become one of Ray Data's helper actors. A process that
+    exits keeps its last sample, so short-lived workers count too."""
+    import psutil
+
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in processes:
+        try:
+            times, title = p.cpu_times(), (p.cmdline() or [p.name()])[0]
+        except psutil.Error:
+            continue
+        if p.pid == root.pid:
+            rank, role = 5, "driver"
+        elif "Predictor" in title:
+            rank, role = 4, "predictor actors"
+        elif "read_and_decode" in title:
+            rank, role = 3, "decode (and idle) workers"
+        elif title.startswith("ray::") and title != "ray::IDLE":
+            rank, role = 2, "Ray's own processes"
+        elif title == "ray::IDLE":
+            rank, role = 1, "decode (and idle) workers"
+        else:  # raylet, GCS, agents, or a worker before Ray titles it
+            rank, role = 0, "Ray's own processes"
+        best = seen.get(p.pid, (-1, role, 0.0))
+        seen[p.pid] = (rank, role, times.user + times.system) if rank >= best[0] else \
+            (best[0], best[1], times.user + times.system)
+
+
+def _cpu_by_role(seen: dict[int, tuple[int, str, float]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for _, role, seconds in seen.values():
+        totals[role] = totals.get(role, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_line(label: dict) -> str:
+    cores = os.cpu_count() or 1
+    used = sum(label["cpu"].values())
+    return (f"CPU over the run: {used:.0f} of {cores * label['wall']:.0f} core-s (" +
+            ", ".join(f"{role} {seconds:.1f}" for role, seconds in label["cpu"].items()) + ")")
 
 
 LIMIT = r'''
@@ -279,6 +328,7 @@ def main() -> None:
                     line += (f"; tf.data loop with the BFC allocator {peer['wall']:.1f} s; "
                              f"pipeline/that = {peer['wall'] / label['wall']:.2f}x")
                 print(line, flush=True)
+                print(f"N={n} round {round_ + 1}: {cpu_line(label)}", flush=True)
             wall = float(np.median([r["wall"] for r in labels]))
             steady = float(np.median([r["steady"] for r in labels]))
             line = (f"N={n} median of {args.repeat}: pipeline label {wall:.1f} s (steady {steady:.1f} img/s; "

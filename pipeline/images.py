@@ -141,7 +141,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int, mode: str) -> np.ndarray | None:
-    """libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8) still >= the target; None to fall back."""
+    """libjpeg-turbo at the smallest DCT scale (1/8 to 7/8) still >= the target; None to fall back."""
     height, width = size
     if orientation >= 5:  # stored sideways: the stored height becomes the shown width
         height, width = width, height

@@ -118,14 +118,9 @@ def test_not_an_image():
         decode_image(b"name,age\nbob,3\n" * 20, SIZE)
 
 
-def test_a_tiff_pillow_cannot_decode_is_named_not_called_not_an_image():
+def test_a_tiff_pillow_cannot_decode_is_named_not_called_not_an_image(skimage_data):
     """scikit-image's multipage_rgb.tif (float64, planar RGB) is a real image Pillow cannot open."""
-    import os
-
-    import skimage
-
-    data = open(os.path.join(os.path.dirname(skimage.__file__), "data", "multipage_rgb.tif"), "rb").read()
-    result = decode_or_error(data, SIZE)
+    result = decode_or_error((skimage_data / "multipage_rgb.tif").read_bytes(), SIZE)
     assert result.image is None
     assert result.error.startswith("unsupported image: a TIFF file") and "convert it to 8-bit RGB" in result.error
     assert decode_or_error(b"II*\x00" + b"\x00" * 40, SIZE).error.startswith("unsupported image: a TIFF")

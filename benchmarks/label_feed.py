@@ -35,7 +35,7 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from label_throughput import make_photos  # noqa: E402
+from label_throughput import make_photos, sample_tree  # noqa: E402
 
 PEER = r'''
 import sys, time, json
@@ -84,7 +84,7 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
                             env={**os.environ, **(env or {})})
     root, peak, cpu = psutil.Process(proc.pid), 0, {}
     while proc.poll() is None:
-        peak = max(peak, _sample_tree(root, cpu))
+        peak = max(peak, sample_tree(root, cpu))
         time.sleep(0.2)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
@@ -97,41 +97,6 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
     # no steady rate when every result came in one burst (a job of one task)
     return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady or "nan"),
             "peak_gib": peak / 2**30, "cpu": _cpu_by_role(cpu)}
-
-
-def _sample_tree(root, seen: dict[int, tuple[int, str, float]]) -> int:
-    """One walk of the job's process tree (Ray's processes are the driver's descendants): returns its RSS,
-    and records in ``seen`` the latest CPU seconds of every process with the most specific role its title
-    ever showed (a worker starts untitled, idles as ``ray::IDLE`` between decode tasks and may become one
-    of Ray Data's helper actors). A process that exits keeps its last sample, so short-lived workers count."""
-    import psutil
-
-    try:
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:  # the tree changed under us; the next sample will see it
-        return 0
-    rss = 0
-    for p in processes:
-        try:
-            times, title, rss = p.cpu_times(), (p.cmdline() or [p.name()])[0], rss + p.memory_info().rss
-        except psutil.Error:
-            continue
-        if p.pid == root.pid:
-            rank, role = 5, "driver"
-        elif "Predictor" in title:
-            rank, role = 4, "predictor actors"
-        elif "read_and_decode" in title:
-            rank, role = 3, "decode (and idle) workers"
-        elif title.startswith("ray::") and title != "ray::IDLE":
-            rank, role = 2, "Ray's own processes"
-        elif title == "ray::IDLE":
-            rank, role = 1, "decode (and idle) workers"
-        else:  # raylet, GCS, agents, or a worker before Ray titles it
-            rank, role = 0, "Ray's own processes"
-        best = seen.get(p.pid, (-1, role, 0.0))
-        seen[p.pid] = (rank, role, times.user + times.system) if rank >= best[0] else \
-            (best[0], best[1], times.user + times.system)
-    return rss
 
 
 def _cpu_by_role(seen: dict[int, tuple[int, str, float]]) -> dict[str, float]:

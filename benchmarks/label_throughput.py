@@ -78,18 +78,37 @@ def seeds_loop(model: str, folder: Path, count: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def _tree_rss(root: psutil.Process) -> int:
+def sample_tree(root: psutil.Process, seen: dict[int, tuple[int, str, float]]) -> int:
+    """One walk of the job's process tree (Ray's processes are the driver's descendants): returns its RSS,
+    and records in ``seen`` the latest CPU seconds of every process with the most specific role its title
+    ever showed (a worker starts untitled, idles as ``ray::IDLE`` between decode tasks and may become one
+    of Ray Data's helper actors). A process that exits keeps its last sample, so short-lived workers count."""
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:  # the tree changed under us; the next sample will see it
         return 0
-    total = 0
+    rss = 0
     for p in processes:
         try:
-            total += p.memory_info().rss
+            times, title, rss = p.cpu_times(), (p.cmdline() or [p.name()])[0], rss + p.memory_info().rss
         except psutil.Error:
-            pass
-    return total
+            continue
+        if p.pid == root.pid:
+            rank, role = 5, "driver"
+        elif "Predictor" in title:
+            rank, role = 4, "predictor actors"
+        elif "read_and_decode" in title:
+            rank, role = 3, "decode (and idle) workers"
+        elif title.startswith("ray::") and title != "ray::IDLE":
+            rank, role = 2, "Ray's own processes"
+        elif title == "ray::IDLE":
+            rank, role = 1, "decode (and idle) workers"
+        else:  # raylet, GCS, agents, or a worker before Ray titles it
+            rank, role = 0, "Ray's own processes"
+        best = seen.get(p.pid, (-1, role, 0.0))
+        seen[p.pid] = (rank, role, times.user + times.system) if rank >= best[0] else \
+            (best[0], best[1], times.user + times.system)
+    return rss
 
 
 def run_label(model: str, folder: Path, out: Path, extra: list[str]) -> dict[str, float]:
@@ -104,7 +123,7 @@ def run_label(model: str, folder: Path, out: Path, extra: list[str]) -> dict[str
 
     def watch() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(root))
+            peak[0] = max(peak[0], sample_tree(root, {}))
             if not first_part and out.exists() and any(out.glob("part-*")):
                 first_part.append(time.perf_counter())
             time.sleep(0.1)

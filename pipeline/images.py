@@ -96,7 +96,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
     Baseline RGB and greyscale JPEGs (most photos) go through libjpeg-turbo with
     DCT-domain downscaling (simplejpeg); every other file, and any JPEG libjpeg-turbo
     refuses, through Pillow. Both paths apply EXIF orientation and end in the same
-    area resize. Raises an ``ImageError`` subclass for anything that is not a usable image.
+    antialiased resize (``_squash``). Raises an ``ImageError`` subclass for anything that is not a usable image.
     """
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
@@ -111,7 +111,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
                     f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels}"
                 )
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                pixels = _decode_jpeg_turbo(data, size, _orientation(image), resize_mode)
+                pixels = _decode_jpeg_turbo(data, image.size, size, _orientation(image), resize_mode)
                 if pixels is not None:
                     return pixels
             return _decode_with_pillow(image, size, resize_mode)
@@ -140,13 +140,25 @@ def _orientation(image: Image.Image) -> int:
     return value if value in _ORIENT else 1
 
 
-def _decode_jpeg_turbo(data: bytes, size: tuple[int, int], orientation: int, mode: str) -> np.ndarray | None:
-    """libjpeg-turbo at the smallest DCT scale (1/8 to 7/8) still >= the target; None to fall back."""
+def _decode_jpeg_turbo(data: bytes, stored: tuple[int, int], size: tuple[int, int], orientation: int,
+                       mode: str) -> np.ndarray | None:
+    """libjpeg-turbo at the smallest of its 1/8, 1/4, 1/2 and 1/1 scales still >= the target; None to
+    fall back. ``stored`` is the file's (width, height).
+
+    Only those four: libjpeg-turbo runs them on SIMD code, while its 3/8, 5/8, 6/8 and 7/8 IDCTs are
+    plain C. A 500x375 photo decodes faster in full (0.8 ms) than at 5/8 (1.0 ms), and the pixels
+    then come closer to an exact area average of the full image (``benchmarks/decode_speed.py``).
+    """
     height, width = size
     if orientation >= 5:  # stored sideways: the stored height becomes the shown width
         height, width = width, height
-    try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
+    stored_width, stored_height = stored
+    factor = 8
+    while factor > 1 and (-(-stored_height // factor) < height or -(-stored_width // factor) < width):
+        factor //= 2
+    try:  # libjpeg-turbo rounds scaled sizes up, so asking for ceil(side / factor) selects 1/factor
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-stored_height // factor),
+                                        min_width=-(-stored_width // factor))
     except ValueError:
         return None  # truncated, arithmetic-coded, ...: Pillow decides (and names the error)
     return _orient(resize(pixels, (height, width), mode), orientation)
@@ -164,8 +176,8 @@ def _decode_with_pillow(image: Image.Image, size: tuple[int, int], mode: str) ->
 
 
 def resize(pixels: np.ndarray, size: tuple[int, int], mode: str = "squash") -> np.ndarray:
-    """An (h, w, 3) uint8 array to ``size`` = (height, width) by ``mode`` (see ``decode_image``):
-    area averaging when shrinking (antialiased, no moire), bilinear when enlarging."""
+    """An (h, w, 3) uint8 array to ``size`` = (height, width) by ``mode`` (see ``decode_image``),
+    antialiased when shrinking (no moire), bilinear when enlarging; see ``_squash``."""
     height, width = size
     if mode == "center-crop":
         scale = max(height / pixels.shape[0], width / pixels.shape[1])
@@ -175,8 +187,37 @@ def resize(pixels: np.ndarray, size: tuple[int, int], mode: str = "squash") -> n
         return np.ascontiguousarray(fitted[top:top + height, left:left + width])
     if pixels.shape[:2] == (height, width):
         return np.ascontiguousarray(pixels)
-    shrinking = pixels.shape[0] >= height and pixels.shape[1] >= width
-    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return _squash(pixels, height, width)
+
+
+# Up to this shrink per side, the bilinear step onto the 2x grid shrinks by at most 1.25x, where
+# bilinear barely aliases (benchmarks/decode_speed.py measures it on a zone plate).
+TWO_STEP_MAX_SHRINK = 2.5
+
+
+def _squash(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Shrink by a bilinear resize to twice the target, then an exact 2x2 area average.
+
+    OpenCV's ``INTER_AREA`` at a fractional ratio (313 -> 224, say) is generic scalar code: 0.7-1 ms
+    for a 224x224 output on this project's CPU, a third of a whole decode. Its bilinear resize and its
+    2x2 area average are SIMD code: 0.3-0.5 ms together. The result is a box filter over each output
+    pixel's footprint of a bilinear reconstruction: antialiased like an area average, a little
+    softer. Larger shrinks (big PNGs, panoramas) use ``INTER_AREA`` itself.
+    """
+    shrink_y, shrink_x = pixels.shape[0] / height, pixels.shape[1] / width
+    if shrink_y <= 1 and shrink_x <= 1:
+        return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)  # nothing to alias
+    if max(shrink_y, shrink_x) <= TWO_STEP_MAX_SHRINK:
+        double = cv2.resize(pixels, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(double, (width, height), interpolation=cv2.INTER_AREA)
+    if shrink_y >= 1 and shrink_x >= 1:
+        return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+    # One side shrinks a lot while the other grows: area-average the first alone, then enlarge.
+    if shrink_x > 1:
+        pixels = cv2.resize(pixels, (width, pixels.shape[0]), interpolation=cv2.INTER_AREA)
+    else:
+        pixels = cv2.resize(pixels, (pixels.shape[1], height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def decode_or_error(data: bytes | None, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,

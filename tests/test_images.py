@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -192,13 +193,35 @@ def test_fast_decoder_keeps_the_labels_of_real_photos(skimage_data, lite0):
     from pipeline.inference import CompiledClassifier
 
     blobs = _real_photos_as_jpeg_and_png(skimage_data)
-    classifier = CompiledClassifier(lite0, top_k=1)
+    classifier = CompiledClassifier(lite0, top_k=2)
     ours = classifier.predict(np.stack([decode_image(d, SIZE) for d in blobs.values()]))
     reference = classifier.predict(np.stack([_pillow_reference(d, SIZE) for d in blobs.values()]))
-    changed = [name for name, a, b in zip(blobs, ours.ids[:, 0], reference.ids[:, 0]) if a != b]
-    confident = reference.scores[:, 0] > 0.3
-    assert not [n for n, c in zip(blobs, confident) if c and n in changed], changed
-    assert len(changed) <= 2, changed  # only photos the model itself is unsure about may flip
+    changed = [i for i, (a, b) in enumerate(zip(ours.ids[:, 0], reference.ids[:, 0])) if a != b]
+    names = [list(blobs)[i] for i in changed]
+    assert not [i for i in changed if reference.scores[i, 0] > 0.3], names  # confident labels never move
+    # Only photos the model itself is unsure about may flip (3 of 22: the Hubble deep field twice and
+    # ihc.png, each under 0.17), and then only between the reference's two best classes.
+    assert len(changed) <= 3, names
+    for i in changed:
+        assert (ours.ids[i, 0], ours.ids[i, 1]) == (reference.ids[i, 1], reference.ids[i, 0]), names
+
+
+@pytest.mark.parametrize(("width", "height"), [(500, 375), (1000, 750), (560, 300), (1500, 300), (200, 1500)])
+def test_shrinking_fine_stripes_gives_grey_not_moire(width, height):
+    """One-pixel stripes across the axis that shrinks average to grey; point sampling (a plain
+    bilinear resize, as this decoder used when the other side grows) shows moire bands."""
+    stripes = np.zeros((height, width, 3), np.uint8)
+    if width > height:
+        stripes[:, ::2] = 255
+    else:
+        stripes[::2, :] = 255
+    out = decode_image(_encode(Image.fromarray(stripes), "PNG"), SIZE).astype(np.float32)
+    area = cv2.resize(stripes, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert abs(out.mean() - 127.5) < 1.5
+    if width > 224 and height > 224:  # OpenCV's exact area average is the yardstick where it applies
+        assert out.std() <= 1.3 * area.std() + 1, (out.std(), area.std())
+    point_sampled = cv2.resize(stripes, (224, 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    assert out.std() < 0.6 * point_sampled.std(), (out.std(), point_sampled.std())
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

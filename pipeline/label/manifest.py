@@ -24,7 +24,8 @@ from pipeline.results import MANIFEST_NAME, TMP_PREFIX
 MANIFEST_FORMAT = 1
 # How feed.py/images.py turn a file into model input; change it when the decoder's output changes.
 RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect ratio not kept), "
-          "area averaging when shrinking, bilinear when enlarging; JPEGs DCT-scaled first")
+          "shrunk by bilinear to twice the size then 2x2 area averaging (area averaging past 2.5x), "
+          "bilinear when enlarging; JPEGs DCT-scaled first at 1/8, 1/4, 1/2 or 1/1")
 # Fields that, when they differ, would give rows that are not comparable with the ones already written.
 # The source is recorded, not compared: it decides which images, not what their rows hold, so a resume
 # may finish a job from another listing of the same images (a list file of the ones left, say).

@@ -1,7 +1,7 @@
 """Turn image bytes into a model's input: RGB uint8, oriented, resized. The only decoder.
 
 Resizing squashes the whole image to the model's square size with an
-antialiased (area) filter, like Keras's ``load_img``/``image_dataset_from_directory``
+antialiased filter (``_squash``), like Keras's ``load_img``/``image_dataset_from_directory``
 squash: nothing is cropped away (a label job must see the whole picture), and
 fine-tuning and labeling see identical pixels because both call this module.
 Every failure is an ``ImageError`` with a short reason a batch job stores in its

@@ -78,11 +78,12 @@ def seeds_loop(model: str, folder: Path, count: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def sample_tree(root: psutil.Process, seen: dict[int, tuple[int, str, float]]) -> int:
+def sample_tree(root: psutil.Process, seen: dict[int, tuple[int, str, float]] | None = None) -> int:
     """One walk of the job's process tree (Ray's processes are the driver's descendants): returns its RSS,
-    and records in ``seen`` the latest CPU seconds of every process with the most specific role its title
-    ever showed (a worker starts untitled, idles as ``ray::IDLE`` between decode tasks and may become one
-    of Ray Data's helper actors). A process that exits keeps its last sample, so short-lived workers count."""
+    and, given ``seen``, records there the latest CPU seconds of every process with the most specific role
+    its title ever showed (a worker starts untitled, idles as ``ray::IDLE`` between decode tasks and may
+    become one of Ray Data's helper actors). A process that exits keeps its last sample, so short-lived
+    workers count. Without ``seen`` only the RSS is read: the sampler shares the cores it measures."""
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:  # the tree changed under us; the next sample will see it
@@ -90,7 +91,10 @@ def sample_tree(root: psutil.Process, seen: dict[int, tuple[int, str, float]]) -
     rss = 0
     for p in processes:
         try:
-            times, title, rss = p.cpu_times(), (p.cmdline() or [p.name()])[0], rss + p.memory_info().rss
+            rss += p.memory_info().rss
+            if seen is None:
+                continue
+            times, title = p.cpu_times(), (p.cmdline() or [p.name()])[0]
         except psutil.Error:
             continue
         if p.pid == root.pid:
@@ -123,7 +127,7 @@ def run_label(model: str, folder: Path, out: Path, extra: list[str]) -> dict[str
 
     def watch() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], sample_tree(root, {}))
+            peak[0] = max(peak[0], sample_tree(root))
             if not first_part and out.exists() and any(out.glob("part-*")):
                 first_part.append(time.perf_counter())
             time.sleep(0.1)

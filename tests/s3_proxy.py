@@ -5,8 +5,9 @@ throttling or an outage answers ``503 SlowDown`` for longer than a client's own
 retries last. This proxy reproduces that on loopback so tests and benchmarks walk
 the path users take: ``latency`` seconds added to every request, ``outage(s)``
 answering 503 SlowDown for ``s`` seconds, ``drop_next(n)`` closing the next ``n``
-connections without an answer. Requests are forwarded whole (headers included,
-so SigV4 signatures and HEAD's Content-Length survive).
+connections without an answer, ``wrong_region_next(n)`` answering 301 PermanentRedirect
+(a request signed for another region). Requests are forwarded whole (headers included,
+so SigV4 signatures and HEAD's Content-Length survive); ``seen`` records who sent each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate"}
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+PERMANENT_REDIRECT = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code>'
+                      b"<Message>The bucket you are attempting to access must be addressed using the specified "
+                      b"endpoint.</Message></Error>")
 
 
 def free_port() -> int:
@@ -48,6 +52,9 @@ class S3FaultProxy:
         self._outage_until = 0.0
         self._outage_only = ""  # only requests whose path contains this are refused ("" = all)
         self._drop = 0
+        self._wrong_region = 0
+        # (method, path, User-Agent, access key id) of every request, for tests that ask who sent what
+        self.seen: list[tuple[str, str, str, str]] = []
         self._lock = threading.Lock()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -67,12 +74,18 @@ class S3FaultProxy:
         with self._lock:
             self._drop = count
 
+    def wrong_region_next(self, count: int) -> None:
+        """Answer the next ``count`` GETs 301 PermanentRedirect, as S3 does when a request is signed for
+        another region than the bucket's."""
+        with self._lock:
+            self._wrong_region = count
+
     def reset_max_in_flight(self) -> None:
         with self._lock:
             self.max_in_flight = self.in_flight
 
     def heal(self) -> None:
-        self._outage_until, self._drop = 0.0, 0
+        self._outage_until, self._drop, self._wrong_region = 0.0, 0, 0
 
     # -- server ---------------------------------------------------------------------------------
     def start(self) -> "S3FaultProxy":
@@ -108,18 +121,26 @@ class S3FaultProxy:
                 self.in_flight -= 1
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        credential = request.headers.get("Authorization", "").partition("Credential=")[2].partition("/")[0]
         with self._lock:
             self.requests += 1
+            self.seen.append((request.method, request.path, request.headers.get("User-Agent", ""), credential))
             drop = self._drop > 0
             if drop:
                 self._drop -= 1
                 self.dropped += 1
+            redirect = request.method == "GET" and self._wrong_region > 0
+            if redirect:
+                self._wrong_region -= 1
         body = await request.read()
         if self.latency:
             await asyncio.sleep(self.latency)
         if drop:
             request.transport.close()  # the client sees its connection reset, no answer
             return web.Response(status=500)
+        if redirect:
+            return web.Response(status=301, body=PERMANENT_REDIRECT, content_type="application/xml",
+                                headers={"x-amz-bucket-region": "us-east-1"})
         if time.monotonic() < self._outage_until and self._outage_only in request.path:
             with self._lock:
                 self.refused += 1

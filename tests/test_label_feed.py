@@ -186,8 +186,12 @@ def test_outage_longer_than_retries_stores_nothing_for_those_images_and_resume_f
     assert len(stored) == 0  # nothing was committed as done: no error row for a transient failure
 
     proxy.drop_next(3)  # a few connection resets on the way: the client's retries absorb them
+    proxy.seen.clear()
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
+    agents = [agent for method, path, agent, _ in proxy.seen if method == "GET" and f"/{BUCKET}/in/" in path]
+    assert len(agents) >= 5 and all(agent.startswith("object_store") for agent in agents), agents  # the Ray
+    # workers' image reads: obstore, not s3fs (pipeline/s3_reads.py)
     frame = pd.read_parquet(out)
     assert len(frame) == 5 and frame["path"].is_unique
     errors = frame.set_index("path")["error"]

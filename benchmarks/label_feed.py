@@ -1,6 +1,7 @@
 """Is the model fed at the machine's speed? `pipeline label` against a tuned single-process tf.data loop.
 
     python benchmarks/label_feed.py --model mobilenet_v2 --images 1500 6000 [--s3-images 600] [--repeat 3]
+    python benchmarks/label_feed.py --images 0 --s3-images 600 --s3-readers obstore s3fs --repeat 3
 
 Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up counts on both sides:
 - peer: one process, `read_file -> decode_jpeg -> resize -> batch -> prefetch -> compiled forward pass`
@@ -189,7 +190,7 @@ def startup_breakdown(model: str, weights: str) -> dict:
 
 
 def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float,
-                  repeat: int = 1) -> None:
+                  repeat: int = 1, readers: tuple[str, ...] = ("obstore",)) -> None:
     import logging
 
     import s3fs
@@ -211,30 +212,34 @@ def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: lis
         for f in files:
             os.link(f, local_dir / f.name)
         options = json.dumps({"client_kwargs": {"endpoint_url": proxy.url}})
-        ratios, no_latency_ratios = [], []
+        ratios: dict[str, list[float]] = {reader: [] for reader in readers}
+        no_latency_ratios: dict[str, list[float]] = {reader: [] for reader in readers}
         for round_ in range(repeat):
             local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
-            runs = {}
-            for added in (0.0, latency):  # the S3 server and the proxy run in this process, on the same cores
-                proxy.latency = added
-                before, cpu = proxy.requests, time.process_time()
-                runs[added] = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
-                                        [*extra, "--storage-options", options])
-                runs[added]["requests"] = proxy.requests - before
-                runs[added]["server_cores"] = (time.process_time() - cpu) / runs[added]["wall"]
-            remote, plain = runs[latency], runs[0.0]
-            ratios.append(local["wall"] / remote["wall"])
-            no_latency_ratios.append(plain["wall"] / remote["wall"])
-            print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, round {round_ + 1}: wall {remote['wall']:.1f} s, "
-                  f"steady {remote['steady']:.1f} img/s ({remote['requests']} requests; moto and the proxy used "
-                  f"{remote['server_cores']:.2f} cores) vs local disk wall {local['wall']:.1f} s, steady "
-                  f"{local['steady']:.1f} img/s: S3/local = {ratios[-1]:.2f} (wall), "
-                  f"{remote['steady'] / local['steady']:.2f} (steady); vs S3 with no added latency wall "
-                  f"{plain['wall']:.1f} s (server {plain['server_cores']:.2f} cores): {no_latency_ratios[-1]:.2f}",
-                  flush=True)
-        print(f"S3 +{latency * 1000:.0f} ms/request, {count} images: median S3/local = {float(np.median(ratios)):.2f}, "
-              f"S3 +{latency * 1000:.0f} ms / S3 +0 ms = {float(np.median(no_latency_ratios)):.2f} (wall) over "
-              f"{repeat} rounds", flush=True)
+            for reader in readers:  # PIPELINE_S3_READER: which client the decode tasks read with
+                runs = {}
+                for added in (0.0, latency):  # the S3 server and the proxy run in this process, on the same cores
+                    proxy.latency = added
+                    before, cpu = proxy.requests, time.process_time()
+                    runs[added] = run_label("s3://bench-photos/in", str(Path(tmp) / "out-s3"), model, weights,
+                                            [*extra, "--storage-options", options],
+                                            env={"PIPELINE_S3_READER": reader})
+                    runs[added]["requests"] = proxy.requests - before
+                    runs[added]["server_cores"] = (time.process_time() - cpu) / runs[added]["wall"]
+                remote, plain = runs[latency], runs[0.0]
+                ratios[reader].append(local["wall"] / remote["wall"])
+                no_latency_ratios[reader].append(plain["wall"] / remote["wall"])
+                print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, reads by {reader}, round {round_ + 1}: "
+                      f"wall {remote['wall']:.1f} s, steady {remote['steady']:.1f} img/s ({remote['requests']} "
+                      f"requests; moto and the proxy used {remote['server_cores']:.2f} cores) vs local disk wall "
+                      f"{local['wall']:.1f} s, steady {local['steady']:.1f} img/s: S3/local = "
+                      f"{ratios[reader][-1]:.2f} (wall), {remote['steady'] / local['steady']:.2f} (steady); vs S3 "
+                      f"with no added latency wall {plain['wall']:.1f} s (server {plain['server_cores']:.2f} "
+                      f"cores): {no_latency_ratios[reader][-1]:.2f}", flush=True)
+        for reader in readers:
+            print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, reads by {reader}: median S3/local = "
+                  f"{float(np.median(ratios[reader])):.2f}, S3 +{latency * 1000:.0f} ms / S3 +0 ms = "
+                  f"{float(np.median(no_latency_ratios[reader])):.2f} (wall) over {repeat} rounds", flush=True)
 
 
 def main() -> None:
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--s3-images", type=int, default=0, help="also compare S3 with added latency")
     parser.add_argument("--latency", type=float, default=0.025, help="seconds added to every S3 request")
+    parser.add_argument("--s3-readers", nargs="+", default=["obstore"], choices=["obstore", "s3fs"],
+                        help="S3 clients to compare (PIPELINE_S3_READER), each against the same local run")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--peer-bfc", action="store_true",
                         help="also run the tf.data loop with TensorFlow's BFC CPU allocator (what the pipeline sets)")
@@ -265,7 +272,7 @@ def main() -> None:
               f"{default['limit']:.1f} img/s", flush=True)
         steps = startup_breakdown(args.model, weights)
         print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
-        for n in args.images:
+        for n in [n for n in args.images if n > 0]:  # --images 0: only the S3 comparison
             subset = work / f"n{n}"
             subset.mkdir()
             for f in sorted(photos.iterdir())[:n]:
@@ -308,7 +315,8 @@ def main() -> None:
                 line += f"; with the BFC allocator {peer_wall:.1f} s: {peer_wall / wall:.2f}x"
             print(line, flush=True)
         if args.s3_images:
-            s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency, args.repeat)
+            s3_comparison(photos, args.s3_images, args.model, weights, extra, args.latency, args.repeat,
+                          tuple(args.s3_readers))
 
 
 if __name__ == "__main__":

@@ -194,3 +194,12 @@ def test_kuberay_gpu_workers_autoscale_and_jobs_clean_up(path):
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         runtime_env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
         assert "pip" not in runtime_env and "working_dir" not in runtime_env  # both are in the image
+
+
+def test_the_aws_cluster_signs_s3_reads_for_its_own_region():
+    """Without a region, image reads go through s3fs (pipeline/s3_reads.py): 4x the CPU per GET."""
+    config = documents(CLUSTER / "aws-gpu.yaml")[0]
+    region = config["provider"]["region"]
+    for command in [*config["head_start_ray_commands"], *config["worker_start_ray_commands"]]:
+        if "ray start" in command:
+            assert f"AWS_DEFAULT_REGION={region} " in command, command

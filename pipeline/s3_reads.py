@@ -43,6 +43,8 @@ def read(url: str, options: dict[str, Any]) -> bytes | None:
     if os.environ.get(READER_ENV, "").lower() == "s3fs":
         return None
     bucket, _, key = url[len("s3://"):].partition("/")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return None  # a key obstore's paths cannot name ("a//b", "a/../b", "dir/"): S3 allows them
     cache_key = json.dumps([bucket, options], sort_keys=True, default=str)
     with _lock:
         if cache_key not in _stores:
@@ -59,6 +61,8 @@ def read(url: str, options: dict[str, Any]) -> bytes | None:
         raise FileNotFoundError(f"{url}: {_short(err)}") from None
     except (PermissionDeniedError, UnauthenticatedError) as err:
         raise PermissionError(f"{url}: {_short(err)}") from None
+    except ValueError:
+        return None  # a key obstore will not parse; s3fs sends it as it is
     except Exception as err:  # noqa: BLE001 - obstore raises GenericError for 5xx, resets, timeouts
         if any(sign in str(err) for sign in WRONG_REGION):
             with _lock:

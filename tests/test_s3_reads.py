@@ -114,3 +114,20 @@ def test_missing_and_refused_reads_keep_their_meaning_and_short_messages(photo_o
                or "missing" in error for error in fetched.errors), fetched.errors
     assert all(len(error) < 500 for error in fetched.errors), fetched.errors  # not obstore's debug dump
     assert any("503" in error for error in fetched.errors), fetched.errors
+
+
+def test_keys_obstore_cannot_name_are_read_through_s3fs(s3_behind_proxy, photo_on_s3):
+    """S3 keys are any string: "a//b" is an object of its own, not "a/b"."""
+    direct, *_ = s3_behind_proxy
+    url, data, proxy, options = photo_on_s3
+    storage.set_storage_options(options)
+    odd = ["two//slashes.png", "a b+c%41(ü).png"]
+    for i, key in enumerate(odd):
+        direct.pipe_file(f"{BUCKET}/reads/{key}", data + bytes([i]))
+    for i, key in enumerate(odd):
+        assert storage.read_bytes(f"s3://{BUCKET}/reads/{key}") == data + bytes([i]), key
+    agents = [agent for _, _, agent, _ in image_gets(proxy)]
+    assert sum(not botocore_sent(agent) for agent in agents) == 1, agents  # only the last one is obstore's
+    # "." and ".." segments too (the loopback proxy would normalize them away, so no request is sent here)
+    for key in ("dot/./segment.png", "dots/../segment.png"):
+        assert s3_reads.read(f"s3://{BUCKET}/reads/{key}", options) is None

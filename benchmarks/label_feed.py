@@ -216,6 +216,7 @@ def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: lis
         no_latency_ratios: dict[str, list[float]] = {reader: [] for reader in readers}
         for round_ in range(repeat):
             local = run_label(str(local_dir), str(Path(tmp) / "out"), model, weights, extra)
+            print(f"  local disk, round {round_ + 1}: {cpu_line(local)}", flush=True)
             for reader in readers:  # PIPELINE_S3_READER: which client the decode tasks read with
                 runs = {}
                 for added in (0.0, latency):  # the S3 server and the proxy run in this process, on the same cores
@@ -236,6 +237,7 @@ def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: lis
                       f"{ratios[reader][-1]:.2f} (wall), {remote['steady'] / local['steady']:.2f} (steady); vs S3 "
                       f"with no added latency wall {plain['wall']:.1f} s (server {plain['server_cores']:.2f} "
                       f"cores): {no_latency_ratios[reader][-1]:.2f}", flush=True)
+                print(f"  S3 +{latency * 1000:.0f} ms, {reader}: {cpu_line(remote)}", flush=True)
         for reader in readers:
             print(f"S3 +{latency * 1000:.0f} ms/request, {count} images, reads by {reader}: median S3/local = "
                   f"{float(np.median(ratios[reader])):.2f}, S3 +{latency * 1000:.0f} ms / S3 +0 ms = "

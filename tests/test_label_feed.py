@@ -278,3 +278,29 @@ def test_decode_task_honours_the_resize_mode(tmp_path):
     squash = read_and_decode({"path": [str(path)]}, 32, {})["image"][0]
     assert crop[..., 1].min() > 200 and crop[..., 0].max() < 50
     assert squash[..., 0].max() > 200 and squash[..., 2].max() > 200
+
+
+def test_ray_starts_while_a_slow_bucket_listing_runs(s3_behind_proxy, photos, tmp_path):
+    """Listing a bucket and starting Ray overlap: when the listing is done, Ray is already up."""
+    import ray
+
+    from pipeline.label.job import run_label_job
+
+    direct, proxy, options = s3_behind_proxy
+    for name in ("coffee", "chelsea"):
+        direct.put_file(str(photos[name]), f"{BUCKET}/slow-list/{name}.png")
+    ray_at_listed = []
+
+    def progress(line: str) -> None:
+        if "images listed" in line:
+            ray_at_listed.append(ray.is_initialized())
+
+    proxy.latency = 1.0  # every request, the listing's included, waits a second
+    try:
+        summary = run_label_job(LabelConfig(source=f"s3://{BUCKET}/slow-list", output=str(tmp_path / "out"),
+                                            weights="none", batch_size=2, storage_options=options), progress)
+    finally:
+        proxy.latency = 0.0
+    assert ray_at_listed == [True]
+    assert summary.labeled == 2 and summary.errors == 0
+    assert not ray.is_initialized()  # and the job's Ray is shut down at the end

@@ -13,10 +13,13 @@ so no path is written twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -39,7 +42,8 @@ from pipeline.ray_session import quiet_ray_data, ray_session
 
 
 def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
-    """Run the labeling job described by ``config``; UserError before any cluster work on bad input.
+    """Run the labeling job described by ``config``; UserError on bad input before anything is written
+    (Ray may be starting already, beside a slow listing).
 
     Raises JobFailedError (after committing every row it could) when some images could not be
     read because of transient storage errors: they are not stored, so ``--resume`` retries them.
@@ -47,13 +51,35 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     started = time.monotonic()
     config.validate()
     storage.set_storage_options(config.storage_options)
+    listed = _in_background(list_images, config.source)  # a bucket's listing overlaps the checks and Ray's start
     for note in check_model(config.model, config.weights, config.model_settings):
         progress(note)
     if config.embeddings:
         check_embeddings(config.model, config.weights, config.model_settings)
     config = dataclasses.replace(config, resize=_resize_mode(config, progress))
     size = model_input_size(config.model, config.model_settings)
-    listing = list_images(config.source)
+    with contextlib.ExitStack() as early_ray:
+        if not listed.done():  # still listing (a bucket): start Ray meanwhile, as the job will most likely need it
+            early_ray.enter_context(ray_session(config.address, verbose=config.verbose))
+        return _label_listed(config, listed.result(), size, started, progress)
+
+
+def _in_background(function: Callable, *args) -> Future:
+    """``function(*args)`` on a daemon thread: a job that stops on a bad flag meanwhile does not wait for it."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(err)
+
+    threading.Thread(target=run, daemon=True, name=f"background-{function.__name__}").start()
+    return future
+
+
+def _label_listed(config: LabelConfig, listing, size: int, started: float,
+                  progress: Callable[[str], None]) -> LabelSummary:
     paths = listing.paths[: config.limit] if config.limit else listing.paths
     wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
                          input_size=size, source=config.source, precision=config.precision, xla=config.xla,

@@ -59,7 +59,9 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     config = dataclasses.replace(config, resize=_resize_mode(config, progress))
     size = model_input_size(config.model, config.model_settings)
     with contextlib.ExitStack() as early_ray:
-        if not listed.done():  # still listing (a bucket): start Ray meanwhile, as the job will most likely need it
+        # Still listing a bucket: start Ray meanwhile, as the job will most likely need it. Never for a local
+        # folder: it lists in moments, and a run refused by another's lease must be refused at once.
+        if storage.is_url(config.source) and not listed.done():
             early_ray.enter_context(ray_session(config.address, verbose=config.verbose))
         return _label_listed(config, listed.result(), size, started, progress)
 

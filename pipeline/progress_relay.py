@@ -51,10 +51,17 @@ def relayed_progress(progress: Callable[[str], None]) -> Iterator["ray.actor.Act
 
     def print_new() -> None:
         nonlocal printed
-        with lock, contextlib.suppress(Exception):  # the relay is only progress: never fail a job over it
-            for line in ray.get(relay.since.remote(printed), timeout=GET_TIMEOUT):
+        with lock:
+            try:  # the relay is only progress: never fail a job over it
+                lines = ray.get(relay.since.remote(printed), timeout=GET_TIMEOUT)
+            except Exception:
+                return  # asked for again at the next poll, or by the last call after the block
+            for line in lines:
                 printed += 1
-                progress(line)
+                # One line the console could not take must not cost the lines after it: the last call,
+                # after the block ends, gets no second chance to print them.
+                with contextlib.suppress(Exception):
+                    progress(line)
 
     def pump() -> None:
         while not done.wait(POLL_SECONDS):

@@ -92,6 +92,32 @@ def test_relayed_lines_all_reach_the_driver_in_order_and_chatter_does_not():
     assert "WORKER-CHATTER" not in result.stdout + result.stderr
 
 
+def test_a_line_the_console_refuses_in_the_last_flush_costs_no_line_after_it(monkeypatch):
+    """Lines said just before the block ends arrive in one answer, in the flush after the block; that call
+    has no second chance. CI's loaded 2-core machine got there, and a console error on the first line lost
+    the other two."""
+    import ray
+
+    from pipeline import progress_relay
+    from pipeline.ray_session import ray_session
+
+    monkeypatch.setattr(progress_relay, "POLL_SECONDS", 3600.0)  # no poll before the block ends
+    printed: list[str] = []
+
+    def progress(line: str) -> None:
+        printed.append(line)
+        if line == "line 0":
+            raise BrokenPipeError("the console went away for a moment")
+
+    with ray_session(None):
+        with progress_relay.relayed_progress(progress) as relay:
+            for i in range(3):
+                progress_relay.say(relay, f"line {i}")
+            assert ray.get(relay.since.remote(0)) == ["line 0", "line 1", "line 2"]  # all held, none printed
+            assert printed == []
+    assert printed == ["line 0", "line 1", "line 2"]
+
+
 def test_a_task_worker_outlives_its_idle_second_when_actors_hold_the_cpus():
     """A labeling job holds every CPU of a small machine: predictor actors (0.75 CPU each) and decode tasks
     (0.25 each). Ray keeps about as many idle workers as there are unreserved CPUs, so at its default a

@@ -47,7 +47,7 @@ def test_decoded_backlog_is_bounded_by_the_actors_not_the_images(photo_dir, tmp_
     """Peak memory must not grow with the job: the object store may hold a few blocks per actor."""
     from ray.data import DataContext
 
-    from pipeline.label.job import BLOCKS_BUFFERED_PER_ACTOR, label_dataset
+    from pipeline.label.job import IMAGES_BUFFERED_PER_ACTOR, blocks_buffered_per_actor, label_dataset
     from pipeline.ray_session import ray_session
 
     paths = sorted(str(p) for p in photo_dir.iterdir())
@@ -58,8 +58,10 @@ def test_decoded_backlog_is_bounded_by_the_actors_not_the_images(photo_dir, tmp_
                                  concurrency=(actors, actors), batch_size=4, batches_per_task=2)
             label_dataset(config, images, 224)
             limits.append(DataContext.get_current().execution_options.resource_limits.object_store_memory)
-    block = 4 * 2 * 224 * 224 * 3
-    assert limits == [BLOCKS_BUFFERED_PER_ACTOR * block, 2 * BLOCKS_BUFFERED_PER_ACTOR * block]
+    per_actor = IMAGES_BUFFERED_PER_ACTOR * 224 * 224 * 3  # blocks of 8 images: 96 of them
+    assert limits == [per_actor, 2 * per_actor]
+    assert blocks_buffered_per_actor(128) == 6 and blocks_buffered_per_actor(256) == 3
+    assert blocks_buffered_per_actor(32 * 8 * 4) == 3  # big GPU blocks: one worked on, one next, one decoding
 
 
 def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():

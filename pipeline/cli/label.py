@@ -84,7 +84,7 @@ def label_command(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     batches_per_task: Annotated[int, typer.Option(
-        min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = 4,
+        min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = 8,
     concurrency: Annotated[str, typer.Option(
         help="Predictor actors: auto (one per GPU share, or per CPU core with room for decoding), N, or MIN,MAX to autoscale.")] = "auto",
     num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = 0.0,

@@ -273,7 +273,7 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     low, high = config.concurrency or auto_concurrency(config, ray.cluster_resources(), blocks)
     bound_decoded_backlog(high, task_size, size * size * 3)
     # Blocks built here, with their metadata: from_arrow runs a Ray task per block to read it back, which
-    # held the driver 11-14 s for a million paths (3 s here) and waits for a free CPU on a busy cluster.
+    # held the driver 10-14 s for a million paths (3-4 s here) and waits for a free CPU on a busy cluster.
     dataset = ray.data.from_blocks(path_blocks(todo, task_size))
     dataset = dataset.map_batches(
         read_and_decode,

@@ -45,7 +45,7 @@ def test_decode_and_inference_are_separate_operators(photo_dir, tmp_path):
 
 def test_the_job_is_planned_without_a_ray_task_even_when_every_cpu_is_taken(photo_dir, tmp_path):
     """The driver builds the input blocks and their metadata itself. ray.data.from_arrow ran a task per block
-    to read the metadata back (11-14 s for a million paths) and blocked while the cluster had no free CPU."""
+    to read the metadata back (9-13 s for a million paths) and blocked while the cluster had no free CPU."""
     import threading
 
     import ray

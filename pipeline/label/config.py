@@ -67,6 +67,11 @@ class LabelConfig:
 
 
     @property
+    def task_size(self) -> int:
+        """Images per Ray task, in each stage: the input blocks hold exactly this many paths."""
+        return self.batch_size * self.batches_per_task
+
+    @property
     def model_settings(self) -> ModelSettings:
         return ModelSettings(self.classes, self.preprocess, self.input_size, self.head, self.multi_label,
                              self.threshold)

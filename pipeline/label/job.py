@@ -268,12 +268,12 @@ def label_dataset(config: LabelConfig, todo: list[str], size: int):
     import ray
     from ray.data import ActorPoolStrategy
 
-    task_size = config.batch_size * config.batches_per_task
+    task_size = config.task_size
     blocks = max(1, math.ceil(len(todo) / task_size))
     low, high = config.concurrency or auto_concurrency(config, ray.cluster_resources(), blocks)
     bound_decoded_backlog(high, task_size, size * size * 3)
     # Blocks built here, with their metadata: from_arrow runs a Ray task per block to read it back, which
-    # held the driver 10-14 s for a million paths (3-4 s here) and waits for a free CPU on a busy cluster.
+    # held the driver 9-13 s for a million paths (3-4 s here) and waits for a free CPU on a busy cluster.
     dataset = ray.data.from_blocks(path_blocks(todo, task_size))
     dataset = dataset.map_batches(
         read_and_decode,

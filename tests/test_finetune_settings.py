@@ -131,3 +131,18 @@ def test_the_frozen_base_runs_in_inference_mode_while_the_head_trains():
     # The hazard the wrapper removes: the plainly nested base is not deterministic in training mode.
     assert not np.allclose(np.asarray(plain_features(images, training=True)),
                            np.asarray(plain_features(images, training=True)))
+
+
+def test_ray_train_hands_the_shorter_health_check_to_the_controller_unless_the_user_set_one(monkeypatch):
+    # Ray Train's own list of what the driver passes on to its controller actor (DataParallelTrainer uses it)
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from pipeline.finetune import HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS, controller_checks_often
+
+    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
+    with controller_checks_often():
+        assert get_env_vars_to_propagate().get(HEALTH_CHECK_ENV) == HEALTH_CHECK_SECONDS
+    assert HEALTH_CHECK_ENV not in get_env_vars_to_propagate()  # this process's environment is left as it was
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
+    with controller_checks_often():
+        assert get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "3"

@@ -20,7 +20,10 @@ from pipeline.cli.model_options import (
 )
 from pipeline.cli.options import ResizeMode
 from pipeline.errors import UserError
-from pipeline.models.registry import DEFAULT_MODEL
+from pipeline.label.config import LabelConfig
+
+# Every default below is LabelConfig's (one place): the CLI, jobs/ and 'pipeline submit' cannot drift from
+# what the library does when called directly.
 
 
 class Precision(str, Enum):
@@ -54,7 +57,6 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  lease_seconds: float, **_: object):
     """The LabelConfig the parsed options describe (reads a --classes file, nothing else)."""
     from pipeline.cli.options import parse_json_object
-    from pipeline.label import LabelConfig
     from pipeline.label.config import mode_from_flags
     from pipeline.storage import storage_options as current_options
 
@@ -79,52 +81,52 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
 def label_command(
     source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
     output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
-    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
-    weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
+    weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = LabelConfig.top_k,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = LabelConfig.batch_size,
     batches_per_task: Annotated[int, typer.Option(
-        min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = 8,
+        min=1, help="Forward passes per Ray task (more: less overhead; fewer: finer retries).")] = LabelConfig.batches_per_task,
     concurrency: Annotated[str, typer.Option(
         help="Predictor actors: auto (one per GPU share, or per CPU core with room for decoding), N, or MIN,MAX to autoscale.")] = "auto",
-    num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = 0.0,
-    cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = 0.25,
+    num_gpus: Annotated[float, typer.Option(min=0, help="GPUs per predictor actor (0.5 puts two on a GPU).")] = LabelConfig.num_gpus,
+    cpus_per_decode: Annotated[float, typer.Option(min=0.01, help="CPUs reserved by each decode task.")] = LabelConfig.cpus_per_decode,
     cpus_per_actor: Annotated[float, typer.Option(
-        min=0.01, help="CPUs reserved by each predictor actor (CPU actors run TensorFlow on that many threads, at least 1).")] = 0.75,
+        min=0.01, help="CPUs reserved by each predictor actor (CPU actors run TensorFlow on that many threads, at least 1).")] = LabelConfig.cpus_per_actor,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a previous run in OUTPUT; skip paths already written.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results already in OUTPUT.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = None,
-    rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = 10_000,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = LabelConfig.address,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = LabelConfig.limit,
+    rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = LabelConfig.rows_per_file,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
     resize: Annotated[Optional[ResizeMode], typer.Option(
         help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
              "fitted, centre kept, as ImageNet models were evaluated. Default: what a fine-tuned model was "
              "trained with, else squash.", show_default=False)] = None,
     precision: Annotated[Precision, typer.Option(
-        help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision.float32,
-    xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = False,
+        help="float32, or mixed: float16 compute with float32 weights (for GPUs with tensor cores; slower on CPU).")] = Precision(LabelConfig.precision),
+    xla: Annotated[bool, typer.Option("--xla", help="Compile the forward pass with XLA.")] = LabelConfig.xla,
     embeddings: Annotated[bool, typer.Option(
         "--embeddings", help="Add an 'embedding' column: each image's pooled penultimate features (float16), "
-                             "for near-duplicate search and clustering.")] = False,
+                             "for near-duplicate search and clustering.")] = LabelConfig.embeddings,
     read_retries: Annotated[int, typer.Option(
         min=0, help="Rounds of re-reading an image after a transient storage error (0.5 s, 1 s, 2 s, ... apart); "
-                    "what still fails is not stored and is left for --resume.")] = 5,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = False,
+                    "what still fails is not stored and is left for --resume.")] = LabelConfig.read_retries,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray Data's logs and the workers' output (TensorFlow's too).")] = LabelConfig.verbose,
     classes: ClassesOption = None,
     preprocess: PreprocessOption = None,
     input_size: InputSizeOption = None,
-    head: HeadOption = Head.auto,
-    multi_label: MultiLabelOption = False,
-    threshold: ThresholdOption = 0.5,
+    head: HeadOption = Head(LabelConfig.head),
+    multi_label: MultiLabelOption = LabelConfig.multi_label,
+    threshold: ThresholdOption = LabelConfig.threshold,
     max_error_rate: Annotated[Optional[float], typer.Option(
-        help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = None,
+        help="Stop early when more than this share of images fail (e.g. 0.5: wrong credentials or bucket).")] = LabelConfig.max_error_rate,
     retry_errors: Annotated[bool, typer.Option(
-        "--retry-errors", help="With --resume: label again the images whose rows hold an error.")] = False,
+        "--retry-errors", help="With --resume: label again the images whose rows hold an error.")] = LabelConfig.retry_errors,
     force_unlock: Annotated[bool, typer.Option(
-        "--force-unlock", help="Take OUTPUT's lease from a run that was killed, without waiting for it to expire.")] = False,
+        "--force-unlock", help="Take OUTPUT's lease from a run that was killed, without waiting for it to expire.")] = LabelConfig.force_unlock,
     lease_seconds: Annotated[float, typer.Option(
-        help="A run's lease on OUTPUT expires this long after its last heartbeat.", hidden=True)] = 60.0,
+        help="A run's lease on OUTPUT expires this long after its last heartbeat.", hidden=True)] = LabelConfig.lease_seconds,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options

@@ -18,6 +18,7 @@ from pipeline.cli.model_options import (
     model_settings,
 )
 from pipeline.models.registry import DEFAULT_MODEL, REGISTRY, list_models
+from pipeline.models.user_model import ModelSettings
 
 
 @app.command("models")
@@ -53,9 +54,9 @@ def classify_command(
     classes: ClassesOption = None,
     preprocess: PreprocessOption = None,
     input_size: InputSizeOption = None,
-    head: HeadOption = Head.auto,
-    multi_label: MultiLabelOption = False,
-    threshold: ThresholdOption = 0.5,
+    head: HeadOption = Head(ModelSettings.head),
+    multi_label: MultiLabelOption = ModelSettings.multi_label,
+    threshold: ThresholdOption = ModelSettings.threshold,
 ) -> None:
     """Classify a few images in this process and print the top-k table."""
     from pipeline.classification import classify

@@ -1,6 +1,26 @@
-"""The distributed labeling job: listing, decode stage, predictor actors, exactly-once Parquet output."""
+"""The distributed labeling job: listing, decode stage, predictor actors, exactly-once Parquet output.
 
-from pipeline.label.config import LabelConfig, LabelSummary
-from pipeline.label.job import run_label_job
+The names below load on first use: the CLI reads its defaults from ``pipeline.label.config`` without
+importing the job itself (pyarrow, pandas, Ray's pickling), which only ``pipeline label`` needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.label.config import LabelConfig, LabelSummary
+    from pipeline.label.job import run_label_job
 
 __all__ = ["LabelConfig", "LabelSummary", "run_label_job"]
+
+_HOMES = {"LabelConfig": "pipeline.label.config", "LabelSummary": "pipeline.label.config",
+          "run_label_job": "pipeline.label.job"}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pipeline.label' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

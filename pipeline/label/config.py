@@ -56,9 +56,9 @@ class LabelConfig:
     classes: tuple[str, ...] | None = None  # output index -> name; None: class_0..class_{n-1}
     preprocess: str | None = None  # rescale|caffe|tf|torch|none|<registry name>
     input_size: int | None = None  # only when the model's input shape leaves the size open
-    head: str = "auto"  # auto|softmax|sigmoid|logits
-    multi_label: bool = False  # write every class at or above ``threshold``
-    threshold: float = 0.5  # multi-label cut-off
+    head: str = ModelSettings.head  # auto|softmax|sigmoid|logits
+    multi_label: bool = ModelSettings.multi_label  # write every class at or above ``threshold``
+    threshold: float = ModelSettings.threshold  # multi-label cut-off
 
     max_error_rate: float | None = None  # stop early when more than this share of rows fail; None: never
     retry_errors: bool = False  # with resume: label again the paths whose rows hold an error

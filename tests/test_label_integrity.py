@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from conftest import BUCKET
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.label.lease import Lease
@@ -142,6 +143,25 @@ def _race(output: str, contenders: int = 8) -> tuple[int, list[str]]:
     for lease in leases:
         lease.release()
     return len(won), refused
+
+
+def test_busy_output_refuses_a_bucket_run_before_it_lists_the_bucket(s3_behind_proxy, photos, tmp_path):
+    """A run on an OUTPUT that another live run holds is refused before it sends one request to its SOURCE:
+    a bucket of millions takes minutes to list, and the run would have started Ray meanwhile. The same
+    run goes ahead once the holder lets go."""
+    direct, proxy, options = s3_behind_proxy
+    direct.put_file(str(photos["coffee"]), f"{BUCKET}/busy/coffee.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["label", f"s3://{BUCKET}/busy", str(out), "--weights", "none", "--storage-options", json.dumps(options)]
+    with Lease.acquire(str(out)):
+        before = proxy.requests
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and "being written by another run" in refused.output, refused.output
+        assert proxy.requests == before  # not even the listing was sent
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert proxy.requests > before and len(pd.read_parquet(out)) == 1
 
 
 def test_exactly_one_of_many_simultaneous_runs_gets_the_lease_locally(tmp_path):

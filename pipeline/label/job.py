@@ -51,6 +51,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     started = time.monotonic()
     config.validate()
     storage.set_storage_options(config.storage_options)
+    Lease.refuse_if_held(config.output, config.force_unlock)  # a busy OUTPUT: refused before listing a bucket
     listed = _in_background(list_images, config.source)  # a bucket's listing overlaps the checks and Ray's start
     for note in check_model(config.model, config.weights, config.model_settings):
         progress(note)
@@ -60,7 +61,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     size = model_input_size(config.model, config.model_settings)
     with contextlib.ExitStack() as early_ray:
         # Still listing a bucket: start Ray meanwhile, as the job will most likely need it. Never for a local
-        # folder: it lists in moments, and a run refused by another's lease must be refused at once.
+        # folder: it lists in moments, and a --resume with nothing left to do must not start Ray.
         if storage.is_url(config.source) and not listed.done():
             early_ray.enter_context(ray_session(config.address, verbose=config.verbose))
         return _label_listed(config, listed.result(), size, started, progress)

@@ -193,6 +193,17 @@ class LeaseStore:
             self.fs.rm(self.path)
 
 
+def _live(current: LeaseRecord, force_unlock: bool) -> bool:
+    """Whether ``current`` still keeps other runs out: not expired, its holder not known dead, no --force-unlock."""
+    return not (current.expired() or current.holder_gone() or force_unlock)
+
+
+def _held_by_another_run(output: str, current: LeaseRecord) -> UserError:
+    return UserError(f"OUTPUT '{output}' is being written by another run: {current.describe()}; wait for it to "
+                     "finish, or if it was killed, pass --force-unlock (or wait "
+                     f"{max(0.0, current.ttl - (time.time() - current.heartbeat)):.0f} s for the lease to expire)")
+
+
 class Lease:
     """The lease of one run on OUTPUT: acquired in ``acquire``, renewed by a thread, freed by ``release``."""
 
@@ -221,17 +232,29 @@ class Lease:
             current, version = store.read()
             if current is None:
                 continue  # released meanwhile: try again
-            if not (current.expired() or current.holder_gone() or force_unlock):
-                raise UserError(f"OUTPUT '{output}' is being written by another run: {current.describe()}; "
-                                "wait for it to finish, or if it was killed, pass --force-unlock (or wait "
-                                f"{max(0.0, current.ttl - (time.time() - current.heartbeat)):.0f} s for the "
-                                "lease to expire)")
+            if _live(current, force_unlock):
+                raise _held_by_another_run(output, current)
             _HELD_HERE.add(record.token)
             if store.take_over(record, version):
                 return cls(store, record, store.read()[1] or record.token, current)
             _HELD_HERE.discard(record.token)
         raise UserError(f"OUTPUT '{output}' is contended: its lease changed hands while this run tried to "
                         "take it; try again in a minute")
+
+    @staticmethod
+    def refuse_if_held(output: str, force_unlock: bool = False) -> None:
+        """UserError at once when a live run holds OUTPUT's lease: before this run lists its source or starts
+        Ray, so a second run on a bucket of millions is refused in moments, not after its whole listing.
+
+        Only a look: ``acquire`` still decides, and a lease that cannot be read here (no OUTPUT yet, no
+        permission) is left for ``check_writable`` and ``acquire`` to report.
+        """
+        try:
+            current, _ = LeaseStore(output).read()
+        except Exception:  # noqa: BLE001 - judged again, with a message, when the run takes the lease
+            return
+        if current is not None and _live(current, force_unlock):
+            raise _held_by_another_run(output, current)
 
     def _beat(self) -> None:
         interval = max(0.5, self.record.ttl / 4)

@@ -12,10 +12,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pipeline.fetch import DEFAULT_RETRIES, fetch_and_decode
+from pipeline.fetch import fetch_and_decode
 from pipeline.inference import CompiledClassifier
+from pipeline.label.config import LabelConfig
 from pipeline.models.loading import load_model
-from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.models.user_model import ModelSettings
 
 
@@ -38,15 +38,17 @@ class Prediction:
 
 def classify(
     images: Iterable[str | bytes],
-    model: str = DEFAULT_MODEL,
-    top_k: int = 5,
-    weights: str = "imagenet",
-    batch_size: int = 32,
+    model: str = LabelConfig.model,
+    top_k: int = LabelConfig.top_k,
+    weights: str = LabelConfig.weights,
+    batch_size: int = LabelConfig.batch_size,
     settings: ModelSettings | None = None,
     progress: Callable[[str], None] = lambda line: None,
-    retries: int = DEFAULT_RETRIES,
+    retries: int = LabelConfig.read_retries,
 ) -> list[Prediction]:
     """Classify paths, URLs or raw bytes; one Prediction per input, in order.
+
+    The defaults are a labeling job's (LabelConfig), so a check here shows what ``pipeline label`` stores.
 
     ``settings`` describe a model file the user trained (class names, preprocessing, head, multi-label).
     A batch's files are read concurrently; a read that keeps failing after ``retries`` rounds (throttling,

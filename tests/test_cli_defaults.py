@@ -8,8 +8,11 @@ default written twice would make a cluster job differ from the same job called f
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
+from pipeline.classification import classify
 from pipeline.cli.finetune import finetune_config
+from pipeline.cli.models import classify_command
 from pipeline.cli.label import label_config
 from pipeline.finetune import FinetuneConfig
 from pipeline.label.config import LabelConfig
@@ -61,3 +64,14 @@ def test_every_finetune_option_reaches_its_setting():
     assert config.unfreeze is None and config.augment == ("flip",)
     cached = finetune_config(**_parsed("finetune", ["DATA", "OUT", "--cache-features", "--no-augment", "--resume"]))
     assert _changed(cached, FinetuneConfig("DATA", "OUT")) == {"cache_features", "augment", "resume"}
+
+
+def test_classify_defaults_are_the_library_and_the_labeling_jobs():
+    """``pipeline classify`` is how a user checks a model before a cluster job: its defaults must be what
+    ``classify()`` does and what ``pipeline label`` stores."""
+    command, library = inspect.signature(classify_command).parameters, inspect.signature(classify).parameters
+    shared = ("model", "weights", "top_k", "batch_size")
+    assert {name: command[name].default for name in shared} == {name: library[name].default for name in shared}
+    default = LabelConfig("SRC", "OUT")
+    assert {name: library[name].default for name in shared} == {name: getattr(default, name) for name in shared}
+    assert library["retries"].default == default.read_retries

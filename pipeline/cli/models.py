@@ -17,6 +17,7 @@ from pipeline.cli.model_options import (
     ThresholdOption,
     model_settings,
 )
+from pipeline.label.config import LabelConfig
 from pipeline.models.registry import DEFAULT_MODEL, REGISTRY, list_models
 from pipeline.models.user_model import ModelSettings
 
@@ -46,10 +47,10 @@ def models_command(
 @app.command("classify")
 def classify_command(
     files: Annotated[list[str], typer.Argument(help="Image paths or URLs (s3://, gs://, memory://, ...).")],
-    model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = DEFAULT_MODEL,
-    weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = "imagenet",
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to print per image.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
+    weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to print per image.")] = LabelConfig.top_k,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = LabelConfig.batch_size,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON.")] = None,
     classes: ClassesOption = None,
     preprocess: PreprocessOption = None,
@@ -59,6 +60,7 @@ def classify_command(
     threshold: ThresholdOption = ModelSettings.threshold,
 ) -> None:
     """Classify a few images in this process and print the top-k table."""
+    # The defaults above are classify()'s, which are a labeling job's (LabelConfig): written once.
     from pipeline.classification import classify
     from pipeline.cli.options import apply_storage_options
 

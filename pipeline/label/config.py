@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.models.user_model import ModelSettings
 
@@ -49,7 +50,7 @@ class LabelConfig:
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
     embeddings: bool = False  # add the 'embedding' column: each image's pooled penultimate features (float16)
-    read_retries: int = 5  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
+    read_retries: int = DEFAULT_RETRIES  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
     verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
     progress: bool = True  # print the progress line while labeling
     # How to read a model file the user trained (--model PATH.keras/.h5/SavedModel); see ModelSettings.

@@ -191,15 +191,11 @@ def startup_breakdown(model: str, weights: str) -> dict:
 
 def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float,
                   repeat: int = 1, readers: tuple[str, ...] = ("obstore",)) -> None:
-    import logging
-
+    
     import s3fs
-    from s3_proxy import fault_proxy, moto_s3
+    from s3_proxy import fault_proxy, moto_s3, use_benchmark_credentials
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
-
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    use_benchmark_credentials()
     files = sorted(folder.iterdir())[:count]
     with moto_s3() as endpoint, fault_proxy(endpoint, latency=latency) as proxy, \
             tempfile.TemporaryDirectory() as tmp:

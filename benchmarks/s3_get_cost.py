@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -59,11 +58,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     import s3fs
-    from s3_proxy import moto_s3
+    from s3_proxy import moto_s3, use_benchmark_credentials
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    use_benchmark_credentials()
     with moto_s3() as endpoint:
         options = {"client_kwargs": {"endpoint_url": endpoint}}
         fs = s3fs.S3FileSystem(**options)

@@ -161,6 +161,17 @@ class S3FaultProxy:
         return web.Response(status=upstream.status, body=payload, headers=out_headers)
 
 
+def use_benchmark_credentials() -> None:
+    """Fake AWS credentials and region for a benchmark's own moto server, and moto's request log quieted
+    (werkzeug logs every request otherwise). Tests use conftest's fixtures, which restore the environment."""
+    import logging
+    import os
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+
+
 @contextmanager
 def moto_s3() -> Iterator[str]:
     """moto's standalone S3 server on 127.0.0.1; yields its endpoint URL."""

@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 HOLDER = r'''
-import sys, time
+import sys
 from pipeline.label.lease import Lease
 with Lease.acquire(sys.argv[1]):
     print("held", flush=True)

@@ -191,7 +191,6 @@ def startup_breakdown(model: str, weights: str) -> dict:
 
 def s3_comparison(folder: Path, count: int, model: str, weights: str, extra: list[str], latency: float,
                   repeat: int = 1, readers: tuple[str, ...] = ("obstore",)) -> None:
-    
     import s3fs
     from s3_proxy import fault_proxy, moto_s3, use_benchmark_credentials
 

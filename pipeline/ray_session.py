@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Iterator
 
+from pipeline.console_noise import without_known_noise
 from pipeline.errors import UserError
 
 # Idle worker processes a local Ray keeps, per CPU. Ray's default keeps about as many as there are
@@ -41,8 +42,9 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     """Connect to ``address``; disconnect at the end.
 
     Unless ``verbose``, the console shows the job's own lines: workers' output (TensorFlow's start-up
-    chatter) and Ray's Python warnings stay in Ray's log files. (Ray's C++ core still prints its own
-    error-level lines; silencing those would also empty them from the log files.)
+    chatter) and Ray's Python warnings stay in Ray's log files. Ray's C++ core still prints its own
+    error-level lines (silencing those would also empty them from the log files), all but the known,
+    harmless ones of ``pipeline.console_noise``.
 
     With no address: inside a Ray job (``RAY_ADDRESS`` set by the job server) join that cluster,
     else start a fresh local Ray -- ``"local"``, never attaching to a cluster that a ``ray start``
@@ -68,6 +70,7 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "
                         "(e.g. 'ray://HEAD:10001' or 'HEAD:6379' from inside the cluster)") from err
     try:
-        yield
+        with contextlib.nullcontext() if verbose else without_known_noise():
+            yield
     finally:
         ray.shutdown()

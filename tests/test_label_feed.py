@@ -276,9 +276,12 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     assert "Execution plan" not in quiet.stderr, quiet.stderr
     assert " pid=" not in quiet.stderr, quiet.stderr  # no worker output forwarded: "(MapWorker(...) pid=N) ..."
     assert "Progress bars disabled" not in quiet.stderr, quiet.stderr
+    restarts_warning = "has constructor arguments in the object store"  # Ray core's, for each actor (ray#53727)
+    assert restarts_warning not in quiet.stderr, quiet.stderr
     verbose = subprocess.run([*command, "--overwrite", "--verbose"], capture_output=True, text=True, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
     assert "Execution plan" in verbose.stderr
+    assert restarts_warning in verbose.stderr
 
 
 def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):

@@ -23,7 +23,7 @@ import re
 import select
 import sys
 import threading
-from typing import Iterator
+from typing import Iterator, TextIO
 
 KNOWN_NOISE: tuple[re.Pattern[bytes], ...] = (
     re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
@@ -67,10 +67,19 @@ def _forward(read_end: int, console: int) -> None:
         _write_all(console, b"".join(line + b"\n" for line in lines if not is_known_noise(line)))
 
 
-def _console_stream(console: int, like: io.TextIOWrapper) -> io.TextIOWrapper:
-    """A text stream on ``console`` that behaves as ``like`` (encoding, errors, buffering)."""
-    return io.TextIOWrapper(io.FileIO(os.dup(console), "w"), encoding=like.encoding, errors=like.errors,
-                            line_buffering=like.line_buffering, write_through=True)
+def _console_stream(console: int, like: TextIO) -> TextIO | None:
+    """A text stream on ``console`` like ``like`` (encoding, errors, buffering); None if ``like`` writes elsewhere.
+
+    pytest's capture and notebooks give Python a stream that is not fd 2: it is left alone.
+    """
+    try:
+        if like.fileno() != 2:
+            return None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return io.TextIOWrapper(io.FileIO(os.dup(console), "w"), encoding=getattr(like, "encoding", None) or "utf-8",
+                            errors=getattr(like, "errors", None) or "backslashreplace",
+                            line_buffering=bool(getattr(like, "line_buffering", True)), write_through=True)
 
 
 @contextlib.contextmanager
@@ -78,31 +87,30 @@ def without_known_noise() -> Iterator[None]:
     """Filter fd 2 for the length of the block (see the module docstring); a no-op where there is no fd 2."""
     try:
         sys.stderr.flush()
-        console = os.dup(2)
+        console: int | None = os.dup(2)
     except (OSError, ValueError, AttributeError):
+        console = None
+    if console is None:
         yield
         return
-    read_end, write_end = os.pipe()
     python_stderr = sys.stderr
-    try:
-        python_writes_fd_2 = python_stderr.fileno() == 2
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        python_writes_fd_2 = False  # pytest's capture, a notebook: leave Python's stream alone
+    direct = _console_stream(console, python_stderr)
+    read_end, write_end = os.pipe()
     reader = threading.Thread(target=_forward, args=(read_end, console), name="console-noise-filter",
                               daemon=True)
     reader.start()
     os.dup2(write_end, 2)
     os.close(write_end)
-    if python_writes_fd_2:
-        sys.stderr = _console_stream(console, python_stderr)
+    if direct is not None:
+        sys.stderr = direct
     try:
         yield
     finally:
-        if python_writes_fd_2:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-                sys.stderr.close()
+        if direct is not None:
             sys.stderr = python_stderr
+            with contextlib.suppress(Exception):
+                direct.flush()
+                direct.close()
         os.dup2(console, 2)  # closes the pipe's last write end: the reader passes on the rest and stops
         reader.join(DRAIN_SECONDS)
         if not reader.is_alive():  # else a process this block started still holds the pipe: leave both open

@@ -13,6 +13,8 @@ Everything runs as whole, fresh processes on the same 500x375 JPEGs, so start-up
   with process CPU time in a process set up as a predictor actor, and the steady rate as a fraction of it
   (the limit with TensorFlow's default allocator is printed beside it); the limit is measured again after
   every pipeline run and the steady rate compared with that one, as the machine drifts over minutes;
+- one such process per core running forward passes at the same time, without Ray: how much of the
+  forward-pass-only limit the cores reach together;
 - with --s3-images: the same job reading from S3 (moto on loopback) behind a proxy adding 25 ms to
   every request, against local disk and against the same S3 with no added latency (moto and the proxy
   run in the benchmark's process on the same cores: their CPU share is printed).
@@ -159,6 +161,53 @@ def machine_limit(model: str, weights: str, folder: Path, batch: int, allocator_
     return {**limit, "cores": cores, "limit": cores * 1000 / (limit["decode_ms"] + limit["forward_core_ms"])}
 
 
+SIDE_BY_SIDE = r'''
+import sys, time, json
+from pathlib import Path
+import numpy as np
+import pipeline  # as in LIMIT: an actor's process, one TensorFlow thread
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from pipeline.images import decode_image
+from pipeline.inference import CompiledClassifier
+from pipeline.models.loading import load_model
+model, weights, folder, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+start_at, seconds = float(sys.argv[5]), float(sys.argv[6])
+classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
+size = (classifier.loaded.input_size,) * 2
+pixels = np.stack([decode_image(f.read_bytes(), size) for f in sorted(folder.iterdir())[: batch * 8]])
+classifier.predict(pixels)  # traced, and the allocator has seen every shape
+time.sleep(max(0.0, start_at - time.time()))  # every process starts measuring at the same moment
+images, wall = 0, time.perf_counter()
+while time.perf_counter() - wall < seconds:
+    classifier.predict(pixels)
+    images += len(pixels)
+print(json.dumps({"rate": images / (time.perf_counter() - wall)}))
+'''
+
+
+def side_by_side(model: str, weights: str, folder: Path, batch: int, seconds: float = 10.0) -> float:
+    """Images/s of one one-thread forward-pass process per core, all at once: the actors' work without Ray.
+
+    The machine limit adds up the cores as if each ran as fast as one alone; side by side they share
+    caches and memory bandwidth (and, on a VM, whatever the host shares), which no scheduling can win back.
+    """
+    cores = os.cpu_count() or 1
+    start_at = time.time() + 20  # after every process has imported TensorFlow and traced the model
+    procs = [subprocess.Popen([sys.executable, "-c", SIDE_BY_SIDE, model, weights, str(folder), str(batch),
+                               str(start_at), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for _ in range(cores)]
+    rates = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"side-by-side forward pass failed: {err[-2000:]}")
+        rates.append(json.loads(out.strip().splitlines()[-1])["rate"])
+    return sum(rates)
+
+
 STARTUP = r'''
 import sys, time, json
 t = time.perf_counter()
@@ -267,6 +316,14 @@ def main() -> None:
               f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s. With TensorFlow's default CPU "
               f"allocator: forward pass {default['forward_core_ms']:.2f} core-ms/image, limit "
               f"{default['limit']:.1f} img/s", flush=True)
+        together = side_by_side(args.model, weights, photos, args.batch_size)
+        forward_only = limit["cores"] * 1000 / limit["forward_core_ms"]
+        # What the cores give when all of them run forward passes, plus the decode's core-time on top.
+        side_limit = 1 / (1 / together + limit["decode_ms"] / 1000 / limit["cores"])
+        print(f"{limit['cores']} one-thread forward passes side by side: {together:.1f} img/s = "
+              f"{together / forward_only:.2f}x the {forward_only:.1f} img/s that {limit['cores']} times one alone "
+              f"would give (forward pass only); with the decode on top: side-by-side limit {side_limit:.1f} img/s",
+              flush=True)
         steps = startup_breakdown(args.model, weights)
         print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
         for n in [n for n in args.images if n > 0]:  # --images 0: only the S3 comparison
@@ -284,7 +341,8 @@ def main() -> None:
                 shares.append(label["steady"] / limit["limit"])
                 line = (f"N={n} round {round_ + 1}: pipeline label {label['wall']:.1f} s ({label['startup']:.1f} s to "
                         f"the first result, steady {label['steady']:.1f} img/s = {shares[-1]:.2f}x the machine "
-                        f"limit of {limit['limit']:.1f} img/s measured just after it, peak RSS "
+                        f"limit of {limit['limit']:.1f} img/s measured just after it, "
+                        f"{label['steady'] / side_limit:.2f}x the side-by-side limit, peak RSS "
                         f"{label['peak_gib']:.2f} GiB)")
                 if not args.skip_peer:
                     peer = run_peer([str(p) for p in sorted(subset.iterdir())], args.model, weights,

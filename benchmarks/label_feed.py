@@ -116,8 +116,9 @@ def cpu_line(label: dict) -> str:
             ", ".join(f"{role} {seconds:.1f}" for role, seconds in label["cpu"].items()) + ")")
 
 
-LIMIT = r'''
-import sys, os, time, json
+# A process set up as a predictor actor is: argv model, weights, folder, batch; then `classifier` and `size`.
+ACTOR_PROCESS = r'''
+import sys, time, json
 from pathlib import Path
 import numpy as np
 import pipeline  # TensorFlow's defaults (pipeline.tensorflow_env) before it loads, as in every actor
@@ -130,6 +131,9 @@ from pipeline.models.loading import load_model
 model, weights, folder, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
 size = (classifier.loaded.input_size,) * 2
+'''
+
+LIMIT = ACTOR_PROCESS + r'''
 blobs = [f.read_bytes() for f in sorted(folder.iterdir())[: batch * 8]]
 cpu = time.process_time()
 pixels = np.stack([decode_image(b, size) for b in blobs])
@@ -161,21 +165,8 @@ def machine_limit(model: str, weights: str, folder: Path, batch: int, allocator_
     return {**limit, "cores": cores, "limit": cores * 1000 / (limit["decode_ms"] + limit["forward_core_ms"])}
 
 
-SIDE_BY_SIDE = r'''
-import sys, time, json
-from pathlib import Path
-import numpy as np
-import pipeline  # as in LIMIT: an actor's process, one TensorFlow thread
-import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
-from pipeline.images import decode_image
-from pipeline.inference import CompiledClassifier
-from pipeline.models.loading import load_model
-model, weights, folder, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+SIDE_BY_SIDE = ACTOR_PROCESS + r'''
 start_at, seconds = float(sys.argv[5]), float(sys.argv[6])
-classifier = CompiledClassifier(load_model(model, weights), batch_size=batch)
-size = (classifier.loaded.input_size,) * 2
 pixels = np.stack([decode_image(f.read_bytes(), size) for f in sorted(folder.iterdir())[: batch * 8]])
 classifier.predict(pixels)  # traced, and the allocator has seen every shape
 time.sleep(max(0.0, start_at - time.time()))  # every process starts measuring at the same moment

@@ -33,6 +33,7 @@ KNOWN_NOISE: tuple[re.Pattern[bytes], ...] = (
 # A line a writer left unfinished (no newline yet) is passed on after this long. Ray writes each line in
 # one call, so only other writers' partial lines (a C library's progress dots) wait, and never for long.
 PARTIAL_LINE_SECONDS = 0.1
+PARTIAL_LINE_BYTES = 8192  # nor does one that keeps growing without a newline (a bar redrawn with \r)
 DRAIN_SECONDS = 5.0  # at the end, how long the reader may take to pass on what is still in the pipe
 
 
@@ -65,6 +66,9 @@ def _forward(read_end: int, console: int) -> None:
             return
         *lines, pending = (pending + chunk).split(b"\n")
         _write_all(console, b"".join(line + b"\n" for line in lines if not is_known_noise(line)))
+        if len(pending) > PARTIAL_LINE_BYTES:
+            _write_all(console, pending)
+            pending = b""
 
 
 def _console_stream(console: int, like: TextIO) -> TextIO | None:

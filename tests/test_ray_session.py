@@ -111,18 +111,6 @@ def test_workers_are_quiet_unless_verbose_and_errors_still_arrive():
     assert "C-LEVEL-LINE" in verbose.stderr and "AFTER-LINE" in verbose.stderr
 
 
-def test_only_the_known_warning_is_noise():
-    from pipeline.console_noise import is_known_noise
-
-    printed = (b"[2026-12-04 01:57:12,424 E 2357 2357] core_worker.cc:2465: Actor with class name: "
-               b"'MapWorker(MapBatches(Predictor))' and ID: 'e7890290d4d727866be2432001000000' has constructor "
-               b"arguments in the object store and max_restarts > 0. If the arguments in the object store go out "
-               b"of scope or are lost, the actor restart will fail. See "
-               b"https://github.com/ray-project/ray/issues/53727 for more details.")
-    assert is_known_noise(printed)
-    assert not is_known_noise(b"[2026-12-04 01:57:12,424 E 2357 2357] core_worker.cc:2465: Actor died")
-    assert not is_known_noise(b"Traceback (most recent call last):")
-
 
 RELAY_SCRIPT = textwrap.dedent("""
     import ray

@@ -166,10 +166,11 @@ def machine_limit(model: str, weights: str, folder: Path, batch: int, allocator_
 
 
 SIDE_BY_SIDE = ACTOR_PROCESS + r'''
-start_at, seconds = float(sys.argv[5]), float(sys.argv[6])
+seconds = float(sys.argv[5])
 pixels = np.stack([decode_image(f.read_bytes(), size) for f in sorted(folder.iterdir())[: batch * 8]])
 classifier.predict(pixels)  # traced, and the allocator has seen every shape
-time.sleep(max(0.0, start_at - time.time()))  # every process starts measuring at the same moment
+print("ready", flush=True)
+sys.stdin.readline()  # every process starts measuring at the same moment
 images, wall = 0, time.perf_counter()
 while time.perf_counter() - wall < seconds:
     classifier.predict(pixels)
@@ -185,11 +186,16 @@ def side_by_side(model: str, weights: str, folder: Path, batch: int, seconds: fl
     caches and memory bandwidth (and, on a VM, whatever the host shares), which no scheduling can win back.
     """
     cores = os.cpu_count() or 1
-    start_at = time.time() + 20  # after every process has imported TensorFlow and traced the model
     procs = [subprocess.Popen([sys.executable, "-c", SIDE_BY_SIDE, model, weights, str(folder), str(batch),
-                               str(start_at), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                               str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for _ in range(cores)]
+    for proc in procs:  # each has imported TensorFlow and traced the model
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"side-by-side forward pass failed: {proc.communicate()[1][-2000:]}")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     rates = []
     for proc in procs:
         out, err = proc.communicate()
@@ -307,14 +313,15 @@ def main() -> None:
               f"machine limit {limit['cores']} cores -> {limit['limit']:.1f} img/s. With TensorFlow's default CPU "
               f"allocator: forward pass {default['forward_core_ms']:.2f} core-ms/image, limit "
               f"{default['limit']:.1f} img/s", flush=True)
-        together = side_by_side(args.model, weights, photos, args.batch_size)
-        forward_only = limit["cores"] * 1000 / limit["forward_core_ms"]
-        # What the cores give when all of them run forward passes, plus the decode's core-time on top.
-        side_limit = 1 / (1 / together + limit["decode_ms"] / 1000 / limit["cores"])
-        print(f"{limit['cores']} one-thread forward passes side by side: {together:.1f} img/s = "
-              f"{together / forward_only:.2f}x the {forward_only:.1f} img/s that {limit['cores']} times one alone "
-              f"would give (forward pass only); with the decode on top: side-by-side limit {side_limit:.1f} img/s",
-              flush=True)
+        if any(n > 0 for n in args.images):
+            together = side_by_side(args.model, weights, photos, args.batch_size)
+            forward_only = limit["cores"] * 1000 / limit["forward_core_ms"]
+            # What the cores give when all of them run forward passes, plus the decode's core-time on top.
+            side_limit = 1 / (1 / together + limit["decode_ms"] / 1000 / limit["cores"])
+            print(f"{limit['cores']} one-thread forward passes side by side: {together:.1f} img/s = "
+                  f"{together / forward_only:.2f}x the {forward_only:.1f} img/s that {limit['cores']} times one "
+                  f"alone would give (forward pass only); with the decode on top: side-by-side limit "
+                  f"{side_limit:.1f} img/s", flush=True)
         steps = startup_breakdown(args.model, weights)
         print("start-up steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)
         for n in [n for n in args.images if n > 0]:  # --images 0: only the S3 comparison

@@ -111,7 +111,6 @@ def test_workers_are_quiet_unless_verbose_and_errors_still_arrive():
     assert "C-LEVEL-LINE" in verbose.stderr and "AFTER-LINE" in verbose.stderr
 
 
-
 RELAY_SCRIPT = textwrap.dedent("""
     import ray
     from pipeline.progress_relay import relayed_progress, say

@@ -153,6 +153,8 @@ def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coff
     assert status.exit_code == 0 and status.stdout.strip() == "SUCCEEDED"
     logs = pipeline("jobs", "logs", job_id, "--address", head.address, env=client_env)
     assert logs.exit_code == 0 and "python jobs/label.py" in logs.stdout and "labeled 2 images" in logs.stdout
+    # The job's driver is where Ray core prints its per-actor warning (ray#53727): the filter runs there too.
+    assert "has constructor arguments in the object store" not in logs.stdout + result.stdout
 
 
 @pytest.mark.parametrize("job", ["label", "finetune"])
@@ -324,6 +326,7 @@ def test_each_shipped_rayjob_succeeds_on_a_real_head(head, my_bucket, manifest):
     if job == "label":
         output = args[1]
         assert "labeled 4 images" in logs
+        assert "has constructor arguments in the object store" not in logs  # Ray core's warning, filtered
         table = pd.read_parquet(output, storage_options=options)
         assert sorted(Path(p).stem for p in table["path"]) == ["astronaut", "chelsea", "coffee", "rocket"]
         assert table["error"].isna().all() and table["top_labels"].map(len).eq(5).all()

@@ -14,7 +14,7 @@ from pipeline.classification import classify
 from pipeline.cli.finetune import finetune_config
 from pipeline.cli.models import classify_command
 from pipeline.cli.label import label_config
-from pipeline.finetune import FinetuneConfig
+from pipeline.finetune.job import FinetuneConfig
 from pipeline.label.config import LabelConfig
 from pipeline.submit import validate_job_args
 

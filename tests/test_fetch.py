@@ -15,7 +15,7 @@ import pipeline.fetch
 from conftest import BUCKET
 from pipeline.cli import app
 from pipeline.fetch import fetch_and_decode
-from pipeline.finetune_data import decode_batch
+from pipeline.finetune.data import decode_batch
 
 runner = CliRunner()
 

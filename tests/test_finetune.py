@@ -140,8 +140,8 @@ def _three_digits(tmp_path, count: int):
 
 def _checkpoint_checksum(folder: Path, classes: int, size: int) -> float:
     """The weights checksum of a checkpoint, computed here from its weights file."""
-    from pipeline.finetune_model import build_classifier
-    from pipeline.finetune_worker import WEIGHTS_FILE, weights_checksum
+    from pipeline.finetune.model import build_classifier
+    from pipeline.finetune.worker import WEIGHTS_FILE, weights_checksum
 
     model = build_classifier("efficientnet_lite0", size, classes, weights=None)
     model.load_weights(str(folder / WEIGHTS_FILE))

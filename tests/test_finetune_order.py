@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.finetune_data import decode_split, epoch_order, list_training_files, shuffled
+from pipeline.finetune.data import decode_split, epoch_order, list_training_files, shuffled
 
 BUFFER, BATCH, WORKERS = 8, 8, 2  # a class has 70-90 training images: about ten times one worker's buffer
 

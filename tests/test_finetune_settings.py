@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import UserError
-from pipeline.finetune import FinetuneConfig, check_same_run
-from pipeline.finetune_data import hash_split, list_class_folders, split_digest
+from pipeline.finetune.job import FinetuneConfig, check_same_run
+from pipeline.finetune.data import hash_split, list_class_folders, split_digest
 
 runner = CliRunner()
 
@@ -117,7 +117,7 @@ def test_the_frozen_base_runs_in_inference_mode_while_the_head_trains():
     apply it (Keras 3 passes the outer flag down); our wrapped base must give the same features every call."""
     import keras
 
-    from pipeline.finetune_model import build_classifier
+    from pipeline.finetune.model import build_classifier
 
     model = build_classifier("efficientnet_b0", 32, 3, weights=None, dropout=0.0)
     plain = build_classifier("efficientnet_b0", 32, 3, weights=None, dropout=0.0, inference_base=False)
@@ -137,7 +137,7 @@ def test_ray_train_hands_the_shorter_health_check_to_the_controller_unless_the_u
     # Ray Train's own list of what the driver passes on to its controller actor (DataParallelTrainer uses it)
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
-    from pipeline.finetune import HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS, controller_checks_often
+    from pipeline.finetune.job import HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS, controller_checks_often
 
     monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
     with controller_checks_often():

@@ -86,8 +86,8 @@ def test_the_exported_model_is_the_best_epoch_not_the_last_and_patience_stops(tm
     assert meta["epoch"] == chosen[0]
 
     # Directly: the exported weights are the best epoch's, saved in the last checkpoint, not its current ones.
-    from pipeline.finetune_model import build_classifier
-    from pipeline.finetune_worker import WEIGHTS_FILE, read_best_weights
+    from pipeline.finetune.model import build_classifier
+    from pipeline.finetune.worker import WEIGHTS_FILE, read_best_weights
 
     last = sorted((output / "checkpoints").glob("epoch_*"))[-1]
     exported = _weights(output)

@@ -170,7 +170,7 @@ def test_a_local_model_folder_is_shipped_to_the_worker_node(cluster, s3, photos,
     """A fine-tuned model given as a local folder reaches the actors through Ray's object store."""
     import ray
 
-    from pipeline.finetune_model import build_classifier
+    from pipeline.finetune.model import build_classifier
     from pipeline.models.artifact import ArtifactMeta, save_artifact
     from pipeline.models.shipping import receive, ship
 
@@ -224,7 +224,7 @@ def test_fine_tuning_waits_for_an_autoscaling_cluster_to_grow(cluster):
     import ray
 
     from pipeline.errors import UserError
-    from pipeline.finetune import FinetuneConfig, check_cluster_resources
+    from pipeline.finetune.job import FinetuneConfig, check_cluster_resources
 
     config = FinetuneConfig(data="s3://bucket/digits", output="s3://bucket/m", workers=2, address=cluster.address)
     messages: list[str] = []

@@ -9,7 +9,7 @@ import typer
 from pipeline.cli.app import app, user_errors
 from pipeline.cli.options import ResizeMode
 from pipeline.errors import UserError
-from pipeline.finetune import FinetuneConfig
+from pipeline.finetune.job import FinetuneConfig
 
 # Every default below is FinetuneConfig's (one place): the CLI, jobs/ and 'pipeline submit' cannot drift from
 # what the library does when called directly.
@@ -35,7 +35,7 @@ def unfreeze_text(layers: int | None) -> str:
 
 def _checked_augment(value: str) -> str:
     """Parse-time check, so 'pipeline submit finetune' refuses a bad --augment before uploading anything."""
-    from pipeline.finetune_model import parse_augment
+    from pipeline.finetune.model import parse_augment
 
     try:
         parse_augment(value)
@@ -46,7 +46,7 @@ def _checked_augment(value: str) -> str:
 
 def _checked_mode(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
     """--resume with --overwrite is refused while parsing (whichever comes second sees the first)."""
-    from pipeline.finetune import check_mode
+    from pipeline.finetune.job import check_mode
 
     other = "overwrite" if param.name == "resume" else "resume"
     try:
@@ -119,7 +119,7 @@ def finetune_command(
         "--verbose", help="Show the workers' output (TensorFlow, Ray Train, Ray Data), not just the epoch lines.")] = FinetuneConfig.verbose,
 ) -> None:
     """Fine-tune a pretrained model on DATA with Ray Train and export it to OUTPUT for 'pipeline label --model OUTPUT'."""
-    from pipeline.finetune import run_finetune
+    from pipeline.finetune.job import run_finetune
 
     with user_errors():
         config = finetune_config(**locals())

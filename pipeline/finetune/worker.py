@@ -81,11 +81,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tf = import_tensorflow_for_worker()
     import keras
 
-    from pipeline.finetune_model import augmentation_layers, build_classifier, unfreeze_top
+    from pipeline.finetune.model import augmentation_layers, build_classifier, unfreeze_top
     from pipeline.models.registry import get_spec
 
     _limit_threads(config["cpus_per_worker"])
-    # Reads TF_CONFIG, which pipeline.finetune_backend wrote for this worker.
+    # Reads TF_CONFIG, which pipeline.finetune.backend wrote for this worker.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()
     rank = context.get_world_rank()

@@ -1,9 +1,9 @@
-"""The fine-tuning job: a registry base + new head trained data-parallel with Ray Train, exported for labeling.
+"""The fine-tuning job's driver: settings, input, Ray Train, export.
 
-Driver side: check the settings and the input (before any Ray work; on --resume, that
+Check the settings and the input (before any Ray work; on --resume, that
 OUTPUT's run was trained on the same data), decode the images once with Ray Data, run
-a ``DataParallelTrainer`` (the loop is in ``pipeline.finetune_worker``, TF_CONFIG from
-``pipeline.finetune_backend``), then export the best epoch and write ``history.csv``, ``curves.png``
+a ``DataParallelTrainer`` (the loop is in ``pipeline.finetune.worker``, TF_CONFIG from
+``pipeline.finetune.backend``), then export the best epoch and write ``history.csv``, ``curves.png``
 and the per-class report into OUTPUT.
 """
 
@@ -25,9 +25,9 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
-from pipeline.finetune_data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
+from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
                                     list_training_files, shuffled, split_digest)
-from pipeline.finetune_model import DEFAULT_AUGMENT, parse_augment
+from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.images import RESIZE_MODES
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
@@ -174,8 +174,8 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
         directory = _fit(config, files, size, identity, train, val, progress)
-    from pipeline.finetune_report import worst_confused, write_report
-    from pipeline.finetune_worker import BEST_CONFUSION_FILE, read_best_weights, read_state
+    from pipeline.finetune.report import worst_confused, write_report
+    from pipeline.finetune.worker import BEST_CONFUSION_FILE, read_best_weights, read_state
 
     try:
         state = read_state(directory)
@@ -185,7 +185,7 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         export(config, files, size, read_best_weights(directory), summary.chosen_epoch)
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
-    from pipeline.training_curves import plot_curves, write_history
+    from pipeline.finetune.curves import plot_curves, write_history
 
     write_history(summary.history, config.output, summary.chosen_epoch)
     plot_curves(summary.history, config.output, f"{spec.name} fine-tuned on {config.data}", summary.chosen_epoch,
@@ -261,7 +261,7 @@ def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> None:
 
 def last_checkpoint_state(output: str) -> dict[str, Any] | None:
     """state.json of the newest epoch checkpoint in OUTPUT, or None when there is none."""
-    from pipeline.finetune_worker import STATE_FILE
+    from pipeline.finetune.worker import STATE_FILE
 
     fs, root = storage.filesystem(storage.join(output, RUN_NAME))
     try:
@@ -375,9 +375,9 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     from ray.train import ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from pipeline.finetune_backend import MultiWorkerTensorflowConfig
+    from pipeline.finetune.backend import MultiWorkerTensorflowConfig
     from pipeline.progress_relay import relayed_progress
-    from pipeline.finetune_worker import train_loop_per_worker
+    from pipeline.finetune.worker import train_loop_per_worker
 
     loop_config = {
         "base": config.base, "image_size": size, "num_classes": len(files.class_names),
@@ -455,7 +455,7 @@ def _import_keras() -> None:
 
 def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int) -> None:
     """Build the plain classifier here, set the chosen epoch's weights, and save the artifact into OUTPUT."""
-    from pipeline.finetune_model import build_classifier
+    from pipeline.finetune.model import build_classifier
     from pipeline.models.artifact import ArtifactMeta, save_artifact
 
     model = build_classifier(config.base, size, len(files.class_names), weights=None, dropout=config.dropout,

@@ -6,7 +6,9 @@ driver's side (Ray Data decoding, the export, the report).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline.lazy_names import lazy_getattr
 
 if TYPE_CHECKING:
     from pipeline.finetune.job import FinetuneConfig, FinetuneSummary, run_finetune
@@ -16,10 +18,4 @@ __all__ = ["FinetuneConfig", "FinetuneSummary", "run_finetune"]
 _HOMES = {"FinetuneConfig": "pipeline.finetune.job", "FinetuneSummary": "pipeline.finetune.job",
           "run_finetune": "pipeline.finetune.job"}
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name not in _HOMES:
-        raise AttributeError(f"module 'pipeline.finetune' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -6,7 +6,9 @@ importing the job itself (pyarrow, pandas, Ray's pickling), which only ``pipelin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline.lazy_names import lazy_getattr
 
 if TYPE_CHECKING:
     from pipeline.label.config import LabelConfig, LabelSummary
@@ -17,10 +19,4 @@ __all__ = ["LabelConfig", "LabelSummary", "run_label_job"]
 _HOMES = {"LabelConfig": "pipeline.label.config", "LabelSummary": "pipeline.label.config",
           "run_label_job": "pipeline.label.job"}
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name not in _HOMES:
-        raise AttributeError(f"module 'pipeline.label' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -74,7 +74,7 @@ def run_peer(files: list[str], model: str, weights: str, batch: int, work: Path,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(([\d.]+) s to the first result(?:, steady ([\d.]+) images/s)?")
+SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(?([\d.]+) s to the first result(?:, steady ([\d.]+) images/s)?")
 
 
 def run_label(source: str, out: str, model: str, weights: str, extra: list[str], env: dict | None = None) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.label.config import LabelConfig
+from pipeline.label.config import LabelConfig, LabelSummary
 from pipeline.label.feed import read_and_decode
 from pipeline.label.progress import Progress
 from conftest import BUCKET
@@ -259,6 +259,38 @@ def test_a_burst_of_results_is_no_steady_rate(monkeypatch):
         meter.update(120, 0)
     assert meter.startup_seconds == 10.0
     assert meter.steady_rate() == 0.0
+
+
+def test_summary_gives_steady_rate_apart_from_start_up_and_no_overall_rate_for_a_short_job():
+    """29 photos in 17.2 s, 16.0 of them before the first result: "1.7 images/s" would read as throughput."""
+    short = LabelSummary(listed=29, skipped=0, labeled=29, errors=1, ignored=13, seconds=17.2, startup_seconds=16.0)
+    line = short.line("out/")
+    assert line == ("labeled 29 images (1 errors, 13 ignored files, 0 already done) in 17.2 s: 16.0 s to the first "
+                    "result (starting Ray, TensorFlow and the model), too few images for a steady rate -> out/")
+    assert "images/s" not in line
+    long = LabelSummary(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, seconds=45.0,
+                        startup_seconds=14.0, steady_images_per_second=193.5)
+    assert long.line("out/") == ("labeled 6000 images (0 errors, 0 ignored files, 0 already done) in 45.0 s: "
+                                 "133.3 images/s (14.0 s to the first result, steady 193.5 images/s) -> out/")
+    done = LabelSummary(listed=29, skipped=29, labeled=0, errors=0, ignored=0, seconds=3.0)
+    assert done.line("out/") == ("labeled 0 images (0 errors, 0 ignored files, 29 already done) in 3.0 s: "
+                                 "nothing new to label -> out/")
+
+
+def test_benchmark_reads_both_summary_lines():
+    """benchmarks/label_feed.py parses the job's summary: a change to the line must not break it silently."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "label_feed.py"
+    spec = importlib.util.spec_from_file_location("label_feed_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    short = LabelSummary(listed=29, skipped=0, labeled=29, errors=1, ignored=13, seconds=17.2, startup_seconds=16.0)
+    assert bench.SUMMARY.search(short.line("o")).groups() == ("29", "17.2", "16.0", None)
+    long = LabelSummary(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, seconds=45.0,
+                        startup_seconds=14.0, steady_images_per_second=193.5)
+    assert bench.SUMMARY.search(long.line("o")).groups() == ("6000", "45.0", "14.0", "193.5")
 
 
 def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):

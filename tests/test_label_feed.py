@@ -261,20 +261,28 @@ def test_a_burst_of_results_is_no_steady_rate(monkeypatch):
     assert meter.steady_rate() == 0.0
 
 
+# a short job (the demo's 29 photos: every result back at once) and a long one with a steady rate
+SHORT_JOB = dict(listed=29, skipped=0, labeled=29, errors=1, ignored=13, seconds=17.2, startup_seconds=16.0)
+LONG_JOB = dict(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, seconds=45.0, startup_seconds=14.0,
+                steady_images_per_second=193.5)
+
+
 def test_summary_gives_steady_rate_apart_from_start_up_and_no_overall_rate_for_a_short_job():
     """29 photos in 17.2 s, 16.0 of them before the first result: "1.7 images/s" would read as throughput."""
-    short = LabelSummary(listed=29, skipped=0, labeled=29, errors=1, ignored=13, seconds=17.2, startup_seconds=16.0)
-    line = short.line("out/")
+    line = LabelSummary(**SHORT_JOB).line("out/")
     assert line == ("labeled 29 images (1 errors, 13 ignored files, 0 already done) in 17.2 s: 16.0 s to the first "
                     "result (starting Ray, TensorFlow and the model), too few images for a steady rate -> out/")
     assert "images/s" not in line
-    long = LabelSummary(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, seconds=45.0,
-                        startup_seconds=14.0, steady_images_per_second=193.5)
-    assert long.line("out/") == ("labeled 6000 images (0 errors, 0 ignored files, 0 already done) in 45.0 s: "
-                                 "133.3 images/s (14.0 s to the first result, steady 193.5 images/s) -> out/")
+    assert LabelSummary(**LONG_JOB).line("out/") == (
+        "labeled 6000 images (0 errors, 0 ignored files, 0 already done) in 45.0 s: "
+        "133.3 images/s (14.0 s to the first result, steady 193.5 images/s) -> out/")
     done = LabelSummary(listed=29, skipped=29, labeled=0, errors=0, ignored=0, seconds=3.0)
     assert done.line("out/") == ("labeled 0 images (0 errors, 0 ignored files, 29 already done) in 3.0 s: "
                                  "nothing new to label -> out/")
+    outage = LabelSummary(listed=600, skipped=0, labeled=0, errors=0, ignored=0, seconds=30.0, transient=600)
+    assert outage.line("out/") == ("labeled 0 images (0 errors, 0 ignored files, 0 already done) in 30.0 s: "
+                                   "no rows written; 600 images not read (transient storage errors), left for "
+                                   "--resume -> out/")
 
 
 def test_benchmark_reads_both_summary_lines():
@@ -286,11 +294,8 @@ def test_benchmark_reads_both_summary_lines():
     spec = importlib.util.spec_from_file_location("label_feed_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    short = LabelSummary(listed=29, skipped=0, labeled=29, errors=1, ignored=13, seconds=17.2, startup_seconds=16.0)
-    assert bench.SUMMARY.search(short.line("o")).groups() == ("29", "17.2", "16.0", None)
-    long = LabelSummary(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, seconds=45.0,
-                        startup_seconds=14.0, steady_images_per_second=193.5)
-    assert bench.SUMMARY.search(long.line("o")).groups() == ("6000", "45.0", "14.0", "193.5")
+    assert bench.SUMMARY.search(LabelSummary(**SHORT_JOB).line("o")).groups() == ("29", "17.2", "16.0", None)
+    assert bench.SUMMARY.search(LabelSummary(**LONG_JOB).line("o")).groups() == ("6000", "45.0", "14.0", "193.5")
 
 
 def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):

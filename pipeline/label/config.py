@@ -145,6 +145,8 @@ class LabelSummary:
         elif self.labeled:  # the results came back together: nothing steady to measure
             line += (f"{self.startup_seconds:.1f} s to the first result (starting Ray, TensorFlow and the model), "
                      "too few images for a steady rate")
+        elif self.transient:  # every image left to label was held back: "nothing new" would be false
+            line += "no rows written"
         else:
             line += "nothing new to label"
         if self.transient:

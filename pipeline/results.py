@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.storage_retry import DEFAULT_RETRIES, with_retries
 
 SCHEMA = pa.schema(
     [
@@ -46,36 +47,41 @@ TMP_PREFIX = ".tmp-"
 # Our own files beside the parts; the leading underscore keeps pandas/pyarrow from reading them as data.
 MANIFEST_NAME = "_pipeline_manifest.json"
 LEASE_NAME = "_pipeline_lease.json"
+LISTING_NAME = "_pipeline_listing"  # the run's recorded listing (pipeline.label.listing_record)
 OWN_PREFIX = "_pipeline_"  # the manifest, the lease and the lease's own short-lived files
 # Parquet key-value metadata that marks a part file as written by this tool (value: the manifest's run id).
 PART_OWNER_KEY = b"pipeline.label.run"
 
 
-def output_entries(output: str) -> list[str]:
+def output_entries(output: str, retries: int = DEFAULT_RETRIES) -> list[str]:
     """Paths directly in ``output`` (an object-store prefix with no objects has none)."""
     fs, root = storage.filesystem(output)
-    fs.invalidate_cache(root)
-    try:
-        return list(fs.ls(root, detail=False))
-    except FileNotFoundError:
-        return []
+
+    def ls() -> list[str]:
+        fs.invalidate_cache(root)
+        try:
+            return list(fs.ls(root, detail=False))
+        except FileNotFoundError:
+            return []
+
+    return with_retries("list", output, ls, retries)
 
 
 def entry_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def part_files(output: str) -> list[str]:
+def part_files(output: str, retries: int = DEFAULT_RETRIES) -> list[str]:
     """Full paths/URLs of the committed part files in ``output``, oldest first."""
     fs, _ = storage.filesystem(output)
-    names = [p for p in output_entries(output)
+    names = [p for p in output_entries(output, retries)
              if entry_name(p).startswith(PART_PREFIX) and p.endswith(".parquet")]
     return [storage.full_url(fs, p, output) for p in sorted(names)]
 
 
-def other_files(output: str) -> list[str]:
+def other_files(output: str, retries: int = DEFAULT_RETRIES) -> list[str]:
     """Entries in ``output`` that are not named like ours (their presence makes OUTPUT 'not empty')."""
-    return [p for p in output_entries(output)
+    return [p for p in output_entries(output, retries)
             if not entry_name(p).startswith((PART_PREFIX, TMP_PREFIX, OWN_PREFIX))]
 
 

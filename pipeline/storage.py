@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from typing import Any
 
 import fsspec
@@ -75,6 +76,20 @@ def read_bytes(path: str) -> bytes:
         if getattr(err, "errno", None) == errno.EINVAL and "range" in str(err).lower():
             return fs.cat_file(p)  # an empty object has no byte 0 to start from
         raise
+
+
+def publish(location: str, data: bytes) -> None:
+    """Write ``data`` to ``location`` whole or not at all: one PUT on object stores (never a streamed upload,
+    which fsspec commits even when the writer raised), a temporary file and a rename locally."""
+    fs, path = filesystem(location)
+    if is_url(location):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # an atomic rename on one local filesystem
 
 
 def exists(path: str) -> bool:

@@ -54,7 +54,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  classes: Optional[str], preprocess: Optional[str], input_size: Optional[int], head,
                  multi_label: bool, threshold: float,
                  max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
-                 lease_seconds: float, **_: object):
+                 lease_seconds: float, dry_run: bool = False, relist: bool = False, **_: object):
     """The LabelConfig the parsed options describe (reads a --classes file, nothing else)."""
     from pipeline.cli.options import parse_json_object
     from pipeline.label.config import mode_from_flags
@@ -73,13 +73,13 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
         classes=settings.classes, preprocess=settings.preprocess, input_size=settings.input_size,
         head=settings.head, multi_label=settings.multi_label, threshold=settings.threshold,
         max_error_rate=max_error_rate, retry_errors=retry_errors, force_unlock=force_unlock,
-        lease_seconds=lease_seconds,
+        lease_seconds=lease_seconds, dry_run=dry_run, relist=relist,
     )
 
 
 @app.command("label")
 def label_command(
-    source: Annotated[str, typer.Argument(help="Folder (recursive), glob, or list file (.txt or .parquet with a 'path' column); local or fsspec URL.")],
+    source: Annotated[str, typer.Argument(help="Folder or bucket prefix (recursive), glob, list file (.txt, .csv or .parquet with a 'path' column, or a glob of them), or an S3 Inventory manifest.json; local or fsspec URL.")],
     output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
     model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
@@ -127,6 +127,12 @@ def label_command(
         "--force-unlock", help="Take OUTPUT's lease from a run that was killed, without waiting for it to expire.")] = LabelConfig.force_unlock,
     lease_seconds: Annotated[float, typer.Option(
         help="A run's lease on OUTPUT expires this long after its last heartbeat.", hidden=True)] = LabelConfig.lease_seconds,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List SOURCE, compare it with OUTPUT and print how many images are listed, already done "
+                          "and left to label; label nothing, start no Ray.")] = LabelConfig.dry_run,
+    relist: Annotated[bool, typer.Option(
+        "--relist", help="With --resume: list SOURCE again instead of reusing the listing recorded in OUTPUT "
+                         "(new images get labeled, removed ones are reported).")] = LabelConfig.relist,
 ) -> None:
     """Label every image under SOURCE on Ray and write one Parquet row per image to OUTPUT."""
     from pipeline.cli.options import apply_storage_options

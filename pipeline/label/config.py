@@ -65,6 +65,8 @@ class LabelConfig:
     retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
     force_unlock: bool = False  # take OUTPUT's lease even if its holder's heartbeat has not expired
     lease_seconds: float = 60.0  # a lease without a heartbeat for this long is expired
+    dry_run: bool = False  # list SOURCE, compare with OUTPUT, print the counts; label nothing, start no Ray
+    relist: bool = False  # with resume: list SOURCE again instead of reusing the listing recorded in OUTPUT
 
 
     @property
@@ -106,6 +108,8 @@ class LabelConfig:
              f"--max-error-rate {self.max_error_rate} should be a share between 0 (exclusive) and 1, e.g. 0.5")
         need(not self.retry_errors or self.mode == "resume",
              "--retry-errors re-labels the error rows of a previous run; pass it with --resume")
+        need(not self.relist or self.mode == "resume",
+             "--relist lists SOURCE again for a --resume (a new run always lists it); pass it with --resume")
         need(math.isfinite(self.lease_seconds) and self.lease_seconds >= 1,
              f"lease seconds {self.lease_seconds} should be at least 1")
         need(isinstance(self.storage_options, dict), "--storage-options should be a JSON object")
@@ -128,6 +132,9 @@ class LabelSummary:
     startup_seconds: float = 0.0  # from the start to the first result (Ray, TensorFlow, model load)
     steady_images_per_second: float = 0.0  # rate after the first result arrived
     first_transient: str = ""  # "path: error" of the first image held back, for the message
+    dry_run: bool = False  # nothing was labeled: the counts a run would start from
+    left: int = 0  # dry run: images a run would label
+    removed: int = 0  # dry run: images in OUTPUT that SOURCE no longer lists
 
     @property
     def images_per_second(self) -> float:
@@ -137,6 +144,11 @@ class LabelSummary:
         """One summary line. The overall images/s of a short job is mostly start-up (29 photos: 1.7 images/s,
         16 s of it before the first result), so without a steady rate the line gives the start-up seconds and
         says there were too few images for a rate rather than print a number that reads as throughput."""
+        if self.dry_run:
+            gone = f", {self.removed:,} in OUTPUT no longer listed" if self.removed else ""
+            return (f"dry run: {self.listed:,} images listed ({self.ignored:,} other files ignored), "
+                    f"{self.skipped:,} already done, {self.left:,} left to label{gone}; nothing labeled "
+                    f"({self.seconds:.1f} s) -> {output}")
         line = (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
                 f"{self.skipped} already done) in {self.seconds:.1f} s: ")
         if self.labeled and self.steady_images_per_second:

@@ -13,14 +13,11 @@ so no path is written twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import sys
-import threading
 import time
-from concurrent.futures import Future
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,10 +28,14 @@ from pipeline.label.config import LabelConfig, LabelSummary
 from pipeline.label.feed import decode_task_memory, read_and_decode
 from pipeline.label.lease import Lease
 from pipeline.label.manifest import RunManifest
-from pipeline.label.output import PartWriter, check_writable, prepare_output
+from pipeline.label.listing_record import ListingRecorder, read_record
+from pipeline.label.manifest import read_manifest
+from pipeline.label.output import PartWriter, check_writable, prepare_output, scan_parts
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
-from pipeline.listing import image_identity, list_images
+from pipeline.label.todo import TodoFeed
+from pipeline.listing import open_listing
+from pipeline.results import part_files
 from pipeline.models.loading import (check_embeddings, check_model, model_identity, model_kind,
                                      model_resize_mode)
 from pipeline.models.shipping import ship
@@ -42,65 +43,44 @@ from pipeline.ray_session import quiet_ray_data, ray_session
 
 
 def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda s: None) -> LabelSummary:
-    """Run the labeling job described by ``config``; UserError on bad input before anything is written
-    (Ray may be starting already, beside a slow listing).
+    """Run the labeling job described by ``config``; UserError on bad input before anything is written.
 
-    Raises JobFailedError (after committing every row it could) when some images could not be
-    read because of transient storage errors: they are not stored, so ``--resume`` retries them.
+    Every refusal about OUTPUT comes before SOURCE is listed; the listing then streams while labeling
+    runs (``pipeline.label.todo``). Raises JobFailedError (after committing every row it could) when some
+    images could not be read because of transient storage errors: they are not stored, so ``--resume``
+    retries them; StorageError (exit 1, one line) when a storage call of the driver failed after retries.
     """
     started = time.monotonic()
     config.validate()
     storage.set_storage_options(config.storage_options)
-    Lease.refuse_if_held(config.output, config.force_unlock)  # a busy OUTPUT: refused before listing a bucket
-    listed = _in_background(list_images, config.source)  # a bucket's listing overlaps the checks and Ray's start
+    Lease.refuse_if_held(config.output, config.force_unlock)  # a busy OUTPUT: refused before anything else
     for note in check_model(config.model, config.weights, config.model_settings):
         progress(note)
     if config.embeddings:
         check_embeddings(config.model, config.weights, config.model_settings)
     config = dataclasses.replace(config, resize=_resize_mode(config, progress))
     size = model_input_size(config.model, config.model_settings)
-    with contextlib.ExitStack() as early_ray:
-        # Still listing a bucket: start Ray meanwhile, as the job will most likely need it. Never for a local
-        # folder: it lists in moments, and a --resume with nothing left to do must not start Ray.
-        if storage.is_url(config.source) and not listed.done():
-            early_ray.enter_context(ray_session(config.address, verbose=config.verbose))
-        return _label_listed(config, listed.result(), size, started, progress)
-
-
-def _in_background(function: Callable, *args) -> Future:
-    """``function(*args)`` on a daemon thread: a job that stops on a bad flag meanwhile does not wait for it."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(function(*args))
-        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
-            future.set_exception(err)
-
-    threading.Thread(target=run, daemon=True, name=f"background-{function.__name__}").start()
-    return future
-
-
-def _label_listed(config: LabelConfig, listing, size: int, started: float,
-                  progress: Callable[[str], None]) -> LabelSummary:
-    paths = listing.paths[: config.limit] if config.limit else listing.paths
     wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
                          input_size=size, source=config.source, precision=config.precision, xla=config.xla,
                          resize_mode=config.resize, embeddings=config.embeddings,
                          model_identity=model_identity(config.model, config.weights, config.model_settings))
-    check_writable(config.output)
-    with Lease.acquire(config.output, config.lease_seconds, config.force_unlock) as lease:
+    if config.dry_run:
+        return dry_run(config, wanted, started, progress)
+    listing = open_listing(config.source, config.read_retries, config.limit)  # SOURCE checked, not yet listed
+    check_writable(config.output, config.read_retries)
+    with Lease.acquire(config.output, config.lease_seconds, config.force_unlock, config.read_retries) as lease:
         if lease.taken_over is not None:
             progress(f"took over the lease of a run that stopped: {lease.taken_over.describe()}")
-        state = prepare_output(config.output, config.mode, wanted, config.retry_errors)
-        todo = [p for p in paths if image_identity(p) not in state.done]
-        summary = LabelSummary(len(paths), len(paths) - len(todo), 0, 0, listing.ignored, 0.0, retried=state.retried)
-        progress(f"{len(paths)} images listed ({listing.ignored} other files ignored), "
-                 f"{summary.skipped} already in OUTPUT, {len(todo)} to label")
-        if todo:
+        state = prepare_output(config.output, config.mode, wanted, config.retry_errors, config.read_retries)
+        with _todo_feed(config, listing, state, progress) as feed:
+            summary = LabelSummary(0, 0, 0, 0, 0, 0.0, retried=state.retried)
             writer = PartWriter(config.output, state.manifest, config.rows_per_file, config.seconds_per_file,
-                                before_commit=lease.check)
-            _run_on_ray(config, todo, size, summary, writer, started)
+                                before_commit=lease.check, retries=config.read_retries)
+            told = feed.wait_for_work() and _run_on_ray(config, feed, size, summary, writer, started, progress)
+            feed.wait_for_work()  # the listing's own error, if it failed after the last wave
+            _count_listing(summary, feed)
+            if not told:
+                _say_listed(feed, progress)
     summary.seconds = time.monotonic() - started
     if summary.transient:
         progress(summary.line(config.output))
@@ -108,6 +88,57 @@ def _label_listed(config: LabelConfig, listing, size: int, started: float,
                              f"errors such as throttling, timeouts or 5xx; first: {summary.first_transient}); "
                              f"nothing was stored for them and the other {summary.labeled} rows are committed: "
                              "re-run with --resume to finish")
+    return summary
+
+
+def _todo_feed(config: LabelConfig, listing, state, progress: Callable[[str], None]) -> TodoFeed:
+    """The feed of what is left: from the listing recorded in OUTPUT when a resume may reuse it, else from a
+    fresh listing of SOURCE, recorded as it goes."""
+    record = read_record(config.output, config.read_retries) if config.mode == "resume" else None
+    if record is not None and not config.relist and record.source == config.source and record.limit == config.limit:
+        progress(f"reusing the listing recorded in OUTPUT on {record.created} ({record.images:,} images; "
+                 "--relist lists SOURCE again)")
+        return TodoFeed(None, state.done, recorded=(config.output, record), retries=config.read_retries)
+    recorder = ListingRecorder(config.output, config.read_retries)
+    return TodoFeed(listing, state.done, recorder=recorder, retries=config.read_retries)
+
+
+def _count_listing(summary: LabelSummary, feed: TodoFeed) -> None:
+    summary.listed, summary.skipped, summary.ignored = feed.listed, feed.skipped, feed.ignored
+
+
+def _say_listed(feed: TodoFeed, progress: Callable[[str], None]) -> None:
+    progress(f"{feed.listed:,} images listed ({feed.ignored:,} other files ignored), {feed.skipped:,} already "
+             f"in OUTPUT, {feed.todo:,} to label")
+    if feed.removed:
+        progress(f"{feed.removed:,} images in OUTPUT are no longer in SOURCE (their rows are kept)")
+
+
+def dry_run(config: LabelConfig, wanted: RunManifest, started: float,
+            progress: Callable[[str], None]) -> LabelSummary:
+    """List SOURCE and compare it with OUTPUT without writing anything or starting Ray: the counts a run would
+    start from. Reads what a resume would read (the recorded listing, unless --relist)."""
+    listing = open_listing(config.source, config.read_retries, config.limit)
+    existing = read_manifest(config.output, config.read_retries)
+    scan = scan_parts(part_files(config.output, config.read_retries), existing,
+                      skip_errors=config.retry_errors, retries=config.read_retries)
+    if scan.foreign:
+        progress(f"note: OUTPUT holds {len(scan.foreign)} part file(s) another run wrote; a run would refuse them")
+    if existing is not None and config.mode != "resume":
+        progress("note: OUTPUT holds a previous run; a run would need --resume (or --overwrite, which starts "
+                 "from nothing)")
+    if existing is not None and existing.differences(wanted):
+        progress("note: --resume would be refused: " + "; ".join(existing.differences(wanted)))
+    record = read_record(config.output, config.read_retries) if config.mode == "resume" else None
+    reuse = record is not None and not config.relist and record.source == config.source and record.limit == config.limit
+    feed = TodoFeed(None if reuse else listing, scan.done, recorded=(config.output, record) if reuse else None,
+                    retries=config.read_retries)
+    with feed:
+        while feed.take(1 << 20) is not None:
+            pass
+    summary = LabelSummary(feed.listed, feed.skipped, 0, 0, feed.ignored, time.monotonic() - started, dry_run=True)
+    summary.left = feed.todo
+    summary.removed = feed.removed
     return summary
 
 
@@ -146,34 +177,60 @@ def _error_rate_exceeded(config: LabelConfig, summary: LabelSummary, todo: int, 
 MIN_ROWS_FOR_ERROR_RATE = 32  # rows seen before --max-error-rate judges (fewer: one bad batch decides)
 
 
-def _run_on_ray(config: LabelConfig, todo: list[str], size: int, summary: LabelSummary,
-                writer: PartWriter, started: float) -> None:
-    meter = Progress(len(todo), enabled=config.progress)
+WAVE_PATHS = 2_000_000  # paths the driver hands Ray Data at once: 200 MB of path blocks at most
+
+
+def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSummary,
+                writer: PartWriter, started: float, progress: Callable[[str], None]) -> bool:
+    """Label what the feed holds, one Ray Data execution a wave: each wave takes the paths listed and not yet
+    taken (at most ``WAVE_PATHS``), so the first wave starts on the first listed images. True when it has
+    said the listing's counts (they are said the moment the listing ends)."""
+    meter = Progress(None, enabled=config.progress)
     meter.started = started
+    told_listed = False
     with ray_session(config.address, verbose=config.verbose):
         try:
-            for table in _prediction_stream(config, todo, size):
-                table = _hold_back_transient(table, summary)
-                writer.add(table)
-                errors = table.num_rows - table.column("error").null_count
-                summary.labeled += table.num_rows
-                summary.errors += errors
-                meter.update(table.num_rows, errors)
-                stop = _error_rate_exceeded(config, summary, len(todo), table)
-                if stop:
-                    writer.flush()  # keep what was answered: 'pipeline show --errors' lists the failures
-                    raise JobFailedError(stop)
+            while (paths := feed.take(WAVE_PATHS)) is not None:
+                meter.set_total(feed.todo - summary.transient, final=feed.finished, listed=feed.listed)
+                for table in _prediction_stream(config, paths, size):
+                    table = _hold_back_transient(table, summary)
+                    writer.add(table)
+                    errors = table.num_rows - table.column("error").null_count
+                    summary.labeled += table.num_rows
+                    summary.errors += errors
+                    meter.set_total(feed.todo - summary.transient, final=feed.finished, listed=feed.listed)
+                    meter.update(table.num_rows, errors)
+                    if feed.finished and not told_listed and feed.error is None:
+                        told_listed = True
+                        meter.clear_line()
+                        _say_listed(feed, progress)
+                    stop = _error_rate_exceeded(config, summary, feed.todo, table)
+                    if stop:
+                        writer.flush()  # keep what was answered: 'pipeline show --errors' lists the failures
+                        raise JobFailedError(stop)
+                writer.flush()
             writer.flush()
         except (UserError, JobFailedError, KeyboardInterrupt):
+            _flush_quietly(writer)
             raise
         except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
+            _flush_quietly(writer)
             print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
-            raise JobFailedError(f"the labeling job failed after {summary.labeled} rows were committed "
+            raise JobFailedError(f"the labeling job failed after {writer.rows_committed} rows were committed "
                                  f"({type(err).__name__}); re-run with --resume to finish it") from err
         finally:
             meter.close()
     summary.startup_seconds = meter.startup_seconds
     summary.steady_images_per_second = meter.steady_rate()
+    return told_listed
+
+
+def _flush_quietly(writer: PartWriter) -> None:
+    """Commit the rows already answered before a failure is reported, unless committing is what failed."""
+    try:
+        writer.flush()
+    except Exception:  # noqa: BLE001 - the first failure is the one to report
+        pass
 
 
 def _hold_back_transient(table: pa.Table, summary: LabelSummary) -> pa.Table:
@@ -238,13 +295,13 @@ def bound_decoded_backlog(actors: int, task_size: int, image_bytes: int) -> int:
     return limit
 
 
-def _prediction_stream(config: LabelConfig, todo: list[str], size: int) -> Iterator[pa.Table]:
+def _prediction_stream(config: LabelConfig, todo: Sequence[str] | pa.Array, size: int) -> Iterator[pa.Table]:
     """Result tables, streamed to the driver as the actors produce them."""
     quiet_ray_data(config.verbose)
     return label_dataset(config, todo, size).iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def path_blocks(todo: list[str], task_size: int) -> list[pa.Table]:
+def path_blocks(todo: Sequence[str] | pa.Array, task_size: int) -> list[pa.Table]:
     """The paths as input blocks of exactly ``task_size`` rows (the last one shorter).
 
     Each stage takes ``task_size`` rows per task, and Ray Data bundles input blocks until they hold that
@@ -253,11 +310,12 @@ def path_blocks(todo: list[str], task_size: int) -> list[pa.Table]:
     and at the end one actor worked through its last two blocks while the other sat idle (600 images:
     3 tasks for 2 actors). Blocks of exactly ``task_size`` rows make one task per block.
     """
-    return [pa.table({"path": pa.array(todo[start : start + task_size], pa.string())})
-            for start in range(0, len(todo), task_size)] or [pa.table({"path": pa.array([], pa.string())})]
+    paths = todo if isinstance(todo, pa.Array) else pa.array(list(todo), pa.string())
+    return [pa.table({"path": paths.slice(start, task_size)})
+            for start in range(0, len(paths), task_size)] or [pa.table({"path": pa.array([], pa.string())})]
 
 
-def label_dataset(config: LabelConfig, todo: list[str], size: int):
+def label_dataset(config: LabelConfig, todo: Sequence[str] | pa.Array, size: int):
     """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables.
 
     Decoding and inference are two operators that run at the same time: decode tasks on any

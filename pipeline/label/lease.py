@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.results import LEASE_NAME
+from pipeline.storage_retry import DEFAULT_RETRIES, with_retries
 
 DEFAULT_TTL = 60.0  # seconds without a heartbeat after which a lease is expired
 _HELD_HERE: set[str] = set()  # tokens of the leases this process holds now
@@ -81,7 +82,8 @@ def _precondition_failed(err: BaseException) -> bool:
 class LeaseStore:
     """Exclusive create, read and compare-and-swap of the lease file on one storage."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, retries: int = DEFAULT_RETRIES):
+        self.retries = retries
         self.location = storage.join(output, LEASE_NAME)
         self.fs, self.path = storage.filesystem(self.location)
         self.local = not storage.is_url(output)
@@ -89,14 +91,16 @@ class LeaseStore:
 
     def read(self) -> tuple[LeaseRecord | None, str | None]:
         """The current record and its version (ETag on S3, the token elsewhere); (None, None) if absent."""
-        try:
+        def read() -> tuple[bytes, str | None]:
             if self.s3:
                 self.fs.invalidate_cache(self.path)
                 info = self.fs.info(self.path)
-                data, version = self.fs.cat_file(self.path), info.get("ETag")
-            else:
-                with self.fs.open(self.path, "rb") as f:
-                    data, version = f.read(), None
+                return self.fs.cat_file(self.path), info.get("ETag")
+            with self.fs.open(self.path, "rb") as f:
+                return f.read(), None
+
+        try:
+            data, version = with_retries("read the lease", self.location, read, self.retries)
         except FileNotFoundError:
             return None, None
         try:
@@ -129,7 +133,8 @@ class LeaseStore:
                 os.unlink(staged)
             return True
         try:
-            self.fs.pipe_file(self.path, data, mode="create")
+            with_retries("take the lease", self.location, lambda: self.fs.pipe_file(self.path, data, mode="create"),
+                         self.retries, final=_precondition_failed)
         except FileExistsError:
             return False
         except OSError as err:
@@ -143,7 +148,9 @@ class LeaseStore:
         data = json.dumps(asdict(record)).encode()
         if self.s3:
             try:
-                self.fs.pipe_file(self.path, data, IfMatch=version)
+                with_retries("renew the lease", self.location,
+                             lambda: self.fs.pipe_file(self.path, data, IfMatch=version), self.retries,
+                             final=_precondition_failed)
             except OSError as err:
                 if _precondition_failed(err):
                     return False
@@ -219,9 +226,10 @@ class Lease:
         self._thread.start()
 
     @classmethod
-    def acquire(cls, output: str, ttl: float = DEFAULT_TTL, force_unlock: bool = False) -> "Lease":
+    def acquire(cls, output: str, ttl: float = DEFAULT_TTL, force_unlock: bool = False,
+                retries: int = DEFAULT_RETRIES) -> "Lease":
         """Take OUTPUT's lease, or UserError naming the run that holds it."""
-        store = LeaseStore(output)
+        store = LeaseStore(output, retries)
         for _ in range(5):  # another run may create or replace it between our read and write
             record = LeaseRecord(uuid.uuid4().hex, f"{socket.gethostname()}:{os.getpid()}", _now_iso(),
                                  time.time(), ttl)
@@ -232,6 +240,8 @@ class Lease:
             current, version = store.read()
             if current is None:
                 continue  # released meanwhile: try again
+            if current.token == record.token:  # our create went through, its answer was lost and the retry lost
+                return cls(store, record, version, None)
             if _live(current, force_unlock):
                 raise _held_by_another_run(output, current)
             _HELD_HERE.add(record.token)

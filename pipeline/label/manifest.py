@@ -12,14 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.results import MANIFEST_NAME, TMP_PREFIX
+from pipeline.results import MANIFEST_NAME
+from pipeline.storage_retry import DEFAULT_RETRIES, StorageError, with_retries
 
 MANIFEST_FORMAT = 1
 # How feed.py/images.py turn a file into model input; change it when the decoder's output changes.
@@ -27,10 +27,12 @@ RESIZE = ("RGB, EXIF-oriented, first frame; squashed to size x size (aspect rati
           "shrunk by bilinear to twice the size then 2x2 area averaging (area averaging past 2.5x), "
           "bilinear when enlarging; JPEGs DCT-scaled first at 1/8, 1/4, 1/2 or 1/1")
 # Fields that, when they differ, would give rows that are not comparable with the ones already written.
-# The source is recorded, not compared: it decides which images, not what their rows hold, so a resume
-# may finish a job from another listing of the same images (a list file of the ones left, say).
+# ``resize`` describes the decoder and changes when the pixels it gives a model would. The source is
+# recorded, not compared: it decides which images, not what their rows hold, so a resume may finish a job
+# from another listing of the same images (a list file of the ones left, say). The package version is
+# recorded, not compared: an upgrade that changes no row must not strand a half-done multi-day run.
 COMPARED = ("model", "weights", "model_identity", "weights_digest", "top_k", "input_size", "resize",
-            "resize_mode", "precision", "xla", "embeddings", "package_version")
+            "resize_mode", "precision", "xla", "embeddings")
 
 
 def package_version() -> str:
@@ -93,32 +95,31 @@ def manifest_path(output: str) -> str:
     return storage.join(output, MANIFEST_NAME)
 
 
-def read_manifest(output: str) -> RunManifest | None:
+def read_manifest(output: str, retries: int = DEFAULT_RETRIES) -> RunManifest | None:
     """The manifest in ``output``, None if there is none; UserError naming the file if it is damaged."""
     location = manifest_path(output)
     fs, path = storage.filesystem(location)
-    try:
+
+    def read() -> bytes:
         with fs.open(path, "rb") as f:
-            data = json.loads(f.read())
+            return f.read()
+
+    try:
+        data = json.loads(with_retries("read the run manifest", location, read, retries))
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT}")
         return RunManifest(**data)
     except FileNotFoundError:
         return None
+    except StorageError:
+        raise
     except Exception as err:  # noqa: BLE001 - JSON, missing or extra keys: all mean a damaged file
         raise UserError(f"run manifest '{location}' is damaged ({type(err).__name__}: {err}); "
                         "use --overwrite to start OUTPUT again, or choose another OUTPUT") from err
 
 
-def write_manifest(output: str, manifest: RunManifest) -> None:
+def write_manifest(output: str, manifest: RunManifest, retries: int = DEFAULT_RETRIES) -> None:
     """Publish the manifest whole: a rename locally, one PUT on object stores (never a streamed upload)."""
     location = manifest_path(output)
-    fs, path = storage.filesystem(location)
     data = manifest.to_json()
-    if storage.is_url(output):
-        fs.pipe_file(path, data)
-    else:
-        tmp = storage.join(os.path.dirname(path), f"{TMP_PREFIX}{uuid.uuid4().hex}-{MANIFEST_NAME}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    with_retries("write the run manifest", location, lambda: storage.publish(location, data), retries)

@@ -10,9 +10,9 @@ did not write are recognised, named, and never deleted.
 from __future__ import annotations
 
 import io
-import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.label.manifest import RunManifest, manifest_path, read_manifest, write_manifest
-from pipeline.listing import image_identity
+from pipeline.identity_set import IdentitySet, hash_identities
+from pipeline.storage_retry import DEFAULT_RETRIES, StorageError, with_retries
 from pipeline.results import (
     PART_OWNER_KEY,
     TMP_PREFIX,
@@ -37,47 +38,74 @@ from pipeline.results import (
 @dataclass
 class OutputState:
     manifest: RunManifest  # the manifest this run writes under (the existing one on resume)
-    done: set[str]  # image identities already answered in OUTPUT
+    done: IdentitySet  # hashes of the image identities already answered in OUTPUT (8 bytes each)
     retried: int = 0  # error rows removed for --retry-errors
+    committed: int = 0  # rows in OUTPUT's part files when the run started
 
 
 @dataclass
 class PartContents:
-    paths: list[str]
-    errors: list[bool]  # True where the row is an error row
+    paths: pa.Array  # the rows' paths (their identities)
+    errors: pa.Array  # bool: True where the row is an error row
     run_id: str | None  # the owner tag, None when the file is not ours
 
 
-def read_part(part: str) -> PartContents:
-    """The paths, error flags and owner tag of one part file; UserError naming it when it is damaged."""
+PARTS_READ_IN_FLIGHT = 8  # part files read at once: their reads wait on storage, not on this process
+
+
+def read_part(part: str, retries: int = DEFAULT_RETRIES) -> PartContents:
+    """The paths, error flags and owner tag of one part file, as Arrow; UserError naming it when damaged."""
     fs, path = storage.filesystem(part)
-    try:
+
+    def read():
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             metadata = parquet.schema_arrow.metadata or {}
             columns = [c for c in ("path", "error") if c in parquet.schema_arrow.names]
-            table = parquet.read(columns=columns)
+            return metadata, parquet.read(columns=columns)
+
+    try:
+        metadata, table = with_retries("read part file", part, read, retries)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise UserError(f"part file '{part}' in OUTPUT is damaged ({type(err).__name__}: {err}); "
                         "move it away and re-run with --resume to label its images again") from err
     owner = metadata.get(PART_OWNER_KEY)
     if "path" not in table.column_names or "error" not in table.column_names:
         owner = None
-    paths = table.column("path").to_pylist() if "path" in table.column_names else []
-    errors = [e is not None for e in table.column("error").to_pylist()] if "error" in table.column_names else []
+    paths = table.column("path").combine_chunks() if "path" in table.column_names else pa.array([], pa.string())
+    errors = (pc.is_valid(table.column("error")).combine_chunks() if "error" in table.column_names
+              else pa.array([], pa.bool_()))
     return PartContents(paths, errors, owner.decode() if owner else None)
 
 
-def _ours(parts: list[str], manifest: RunManifest | None) -> tuple[dict[str, PartContents], list[str]]:
-    """Split part files into ours (tagged with this OUTPUT's run id) and foreign ones."""
-    ours, foreign = {}, []
-    for part in parts:
-        contents = read_part(part)
-        if manifest is not None and contents.run_id == manifest.run_id:
-            ours[part] = contents
-        else:
-            foreign.append(part)
-    return ours, foreign
+@dataclass
+class PartScan:
+    ours: list[str]  # part files tagged with this OUTPUT's run id
+    foreign: list[str]  # the others
+    with_errors: list[str]  # ours holding error rows
+    done: IdentitySet  # identities answered in ours (without error rows when asked)
+    rows: int = 0  # rows in ours
+
+
+def scan_parts(parts: list[str], manifest: RunManifest | None, skip_errors: bool = False,
+               retries: int = DEFAULT_RETRIES) -> PartScan:
+    """Read every part's path and error columns, several at once, and keep only their hashes: the done-set of a
+    resume at 8 bytes a committed row, never one Python object per row."""
+    scan = PartScan([], [], [], IdentitySet())
+    with ThreadPoolExecutor(PARTS_READ_IN_FLIGHT) as pool:
+        for part, contents in zip(parts, pool.map(lambda p: read_part(p, retries), parts)):
+            if manifest is None or contents.run_id != manifest.run_id:
+                scan.foreign.append(part)
+                continue
+            scan.ours.append(part)
+            scan.rows += len(contents.paths)
+            paths = contents.paths
+            if pc.any(contents.errors).as_py():
+                scan.with_errors.append(part)
+                if skip_errors:
+                    paths = paths.filter(pc.invert(contents.errors))
+            scan.done.add(hash_identities(paths))
+    return scan
 
 
 def _refuse_foreign(output: str, foreign: list[str], what: str) -> None:
@@ -86,82 +114,100 @@ def _refuse_foreign(output: str, foreign: list[str], what: str) -> None:
                     f"for this OUTPUT ({names}); {what}")
 
 
-def check_writable(output: str) -> None:
+def check_writable(output: str, retries: int = DEFAULT_RETRIES) -> None:
     """Create OUTPUT's folder and prove we can write there, or UserError before any other work."""
     fs, root = storage.filesystem(output)
-    try:
+
+    def probe() -> None:
         fs.makedirs(root, exist_ok=True)
-        probe = storage.join(root, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
-        fs.pipe_file(probe, b"ok")
+        location = storage.join(root, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
+        fs.pipe_file(location, b"ok")
         try:
-            fs.rm(probe)
+            fs.rm(location)
         except FileNotFoundError:
             pass  # the lease holder of a concurrent run cleaned it up as a leftover
+
+    try:
+        with_retries("write a probe to", output, probe, retries)
+    except StorageError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise UserError(f"OUTPUT '{output}' is not writable ({type(err).__name__}: {err}); "
                         "pick a folder or bucket prefix you can write to") from err
 
 
-def _remove_temporaries(output: str) -> None:
+def _remove_temporaries(output: str, retries: int) -> None:
     """Leftovers of a killed run; only called while this run holds OUTPUT's lease."""
     fs, _ = storage.filesystem(output)
-    for stale in output_entries(output):
+    for stale in output_entries(output, retries):
         if entry_name(stale).startswith(TMP_PREFIX):
-            fs.rm(stale)
+            with_retries("remove", stale, lambda: _rm_if_there(fs, stale), retries)
 
 
-def prepare_output(output: str, mode: str, wanted: RunManifest, retry_errors: bool = False) -> OutputState:
-    """Make ``output`` ready for a run in ``mode`` ('new', 'resume', 'overwrite'); call it holding the lease."""
-    _remove_temporaries(output)
-    existing = read_manifest(output)
-    parts = part_files(output)
-    foreign_other = other_files(output)
+def _rm_if_there(fs, path: str) -> None:
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
+def prepare_output(output: str, mode: str, wanted: RunManifest, retry_errors: bool = False,
+                   retries: int = DEFAULT_RETRIES) -> OutputState:
+    """Make ``output`` ready for a run in ``mode`` ('new', 'resume', 'overwrite'); call it holding the lease.
+    Every refusal about OUTPUT is raised here, before SOURCE is listed."""
+    _remove_temporaries(output, retries)
+    existing = read_manifest(output, retries)
+    parts = part_files(output, retries)
+    foreign_other = other_files(output, retries)
     if mode == "new":
         if parts or foreign_other or existing is not None:
             count = len(parts) + len(foreign_other) + (existing is not None)
             raise UserError(f"OUTPUT '{output}' is not empty ({count} files); "
                             "pass --resume to finish a previous run there, --overwrite to replace its "
                             "results, or choose another OUTPUT")
-        return OutputState(wanted, set())
+        return OutputState(wanted, IdentitySet())
     if foreign_other:
         _refuse_foreign(output, foreign_other, "pandas would read them as results; move them away or choose "
                         "another OUTPUT")
-    ours, foreign = _ours(parts, existing)
-    if foreign:
+    if mode == "resume" and existing is not None:
+        differences = existing.differences(wanted)
+        if differences:  # judged before any part is read: one small file, not millions of rows
+            raise UserError(f"--resume would mix rows made with other settings into OUTPUT '{output}' ("
+                            + "; ".join(differences) + "); resume with the original settings (see "
+                            "'pipeline show OUTPUT'), --overwrite, or choose another OUTPUT")
+    scan = scan_parts(parts, existing, skip_errors=retry_errors and mode == "resume", retries=retries)
+    if scan.foreign:
         hint = ("they have no manifest beside them (written by an older version, or copied in)"
                 if existing is None else "they belong to another run or are not our Parquet files")
-        _refuse_foreign(output, foreign, f"{hint}; move them away or choose another OUTPUT")
+        _refuse_foreign(output, scan.foreign, f"{hint}; move them away or choose another OUTPUT")
     if mode == "overwrite":
         fs, _ = storage.filesystem(output)
-        for part in ours:
-            fs.rm(storage.filesystem(part)[1])
+        for part in scan.ours:
+            with_retries("remove", part, lambda: _rm_if_there(fs, storage.filesystem(part)[1]), retries)
         if existing is not None:
-            fs.rm(storage.filesystem(manifest_path(output))[1])
-        return OutputState(wanted, set())
+            with_retries("remove", manifest_path(output),
+                         lambda: _rm_if_there(fs, storage.filesystem(manifest_path(output))[1]), retries)
+        return OutputState(wanted, IdentitySet())
     # resume
     if existing is None:
-        return OutputState(wanted, set())  # a run killed before its first part: nothing to compare with
-    differences = existing.differences(wanted)
-    if differences:
-        raise UserError(f"--resume would mix rows made with other settings into OUTPUT '{output}' ("
-                        + "; ".join(differences) + "); resume with the original settings (see "
-                        "'pipeline show OUTPUT'), --overwrite, or choose another OUTPUT")
-    retried = _drop_error_rows(output, existing, ours) if retry_errors else 0
-    done = {image_identity(p) for part in ours.values() for p, e in zip(part.paths, part.errors)
-            if not (retry_errors and e)}
-    return OutputState(existing, done, retried)
+        return OutputState(wanted, IdentitySet())  # a run killed before its first part: nothing to compare with
+    existing.package_version = wanted.package_version  # recorded, not compared: the manifest says who wrote last
+    retried = _drop_error_rows(output, existing, scan.with_errors, retries) if retry_errors else 0
+    return OutputState(existing, scan.done, retried, scan.rows - retried)
 
 
-def _drop_error_rows(output: str, manifest: RunManifest, ours: dict[str, PartContents]) -> int:
+def _drop_error_rows(output: str, manifest: RunManifest, parts: list[str], retries: int) -> int:
     """Rewrite each part holding error rows without them (new part first, then the old one goes)."""
     dropped = 0
-    writer = PartWriter(output, manifest, rows_per_file=1 << 62, seconds_per_file=float("inf"))
-    for part, contents in ours.items():
-        if not any(contents.errors):
-            continue
+    writer = PartWriter(output, manifest, rows_per_file=1 << 62, seconds_per_file=float("inf"), retries=retries)
+    for part in parts:
         fs, path = storage.filesystem(part)
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+
+        def read() -> pa.Table:
+            with fs.open(path, "rb") as f:
+                return pq.read_table(f)
+
+        table = with_retries("read part file", part, read, retries)
         keep = pc.is_null(table.column("error"))
         dropped += table.num_rows - pc.sum(keep).as_py()
         kept = table.filter(keep)
@@ -170,7 +216,7 @@ def _drop_error_rows(output: str, manifest: RunManifest, ours: dict[str, PartCon
             writer.flush()
         # A crash here leaves the kept rows twice; they are ok rows of the same paths, and the next
         # --retry-errors or resume sees them as done: no path is labeled twice, readers may see a repeat.
-        fs.rm(path)
+        with_retries("remove", part, lambda: _rm_if_there(fs, path), retries)
     return dropped
 
 
@@ -178,7 +224,7 @@ class PartWriter:
     """Buffers result rows and commits them as atomic Parquet part files tagged with the run id."""
 
     def __init__(self, output: str, manifest: RunManifest, rows_per_file: int, seconds_per_file: float,
-                 before_commit=lambda: None):
+                 before_commit=lambda: None, retries: int = DEFAULT_RETRIES):
         self.output = output
         self.manifest = manifest
         self.rows_per_file = rows_per_file
@@ -190,6 +236,8 @@ class PartWriter:
         self._last_flush = time.monotonic()
         self._manifest_written = False
         self.files_written = 0
+        self.rows_committed = 0  # rows in the part files this writer published
+        self.retries = retries
 
     def add(self, table: pa.Table) -> None:
         self._check_weights(table)
@@ -218,7 +266,7 @@ class PartWriter:
             return
         self.before_commit()
         if not self._manifest_written:
-            write_manifest(self.output, self.manifest)  # always before the part that relies on it
+            write_manifest(self.output, self.manifest, self.retries)  # always before the part that relies on it
             self._manifest_written = True
         table = pa.concat_tables(self._buffer)
         self._buffer, self._rows = [], 0
@@ -226,14 +274,8 @@ class PartWriter:
         sink = io.BytesIO()
         pq.write_table(table, sink)  # complete bytes in memory before anything is published
         name = f"part-{time.strftime('%Y%m%d-%H%M%S')}-{self.files_written:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        fs, root = storage.filesystem(self.output)
-        final = storage.join(root, name)
-        if storage.is_url(self.output):
-            fs.pipe_file(final, sink.getvalue())  # one PUT: the object exists whole or not at all
-        else:
-            tmp = storage.join(root, TMP_PREFIX + name)
-            with open(tmp, "wb") as f:
-                f.write(sink.getvalue())
-            os.replace(tmp, final)  # an atomic rename on one local filesystem
+        final = storage.join(self.output, name)
+        data = sink.getvalue()
+        with_retries("upload part file", final, lambda: storage.publish(final, data), self.retries)
         self.files_written += 1
-
+        self.rows_committed += table.num_rows

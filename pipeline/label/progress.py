@@ -28,8 +28,11 @@ MIN_STEADY_SECONDS = 1.0  # a steady rate needs results spread over at least thi
 class Progress:
     """Tracks rows as they arrive and prints the progress line."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True, log_every: float = 10.0):
-        self.total = total
+    def __init__(self, total: int | None, stream: TextIO | None = None, enabled: bool = True,
+                 log_every: float = 10.0):
+        self.total = total or 0  # images to label; while the listing runs, those found so far
+        self.final = total is not None  # False while the listing runs: the total is still growing
+        self.listed = 0  # images listed so far (said while the listing runs)
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.interactive = enabled and self.stream.isatty()
@@ -72,8 +75,22 @@ class Progress:
             self._last_print = now
             self._print(self.line(now))
 
+    def set_total(self, total: int, final: bool, listed: int = 0) -> None:
+        """The images to label as known now: ``final`` once the listing has ended (and without the images held
+        back by transient errors, so the line ends at 100%)."""
+        self.total, self.final, self.listed = max(total, self.done), final, listed
+
+    def clear_line(self) -> None:
+        """End a redrawn line, so a message printed next starts on its own line."""
+        if self.interactive and self._last_print:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
     def line(self, now: float | None = None) -> str:
         rate = self.steady_rate(now)
+        if not self.final:
+            return (f"{self.done:,} images labeled, {self.listed:,} listed so far (still listing), "
+                    f"{rate:.1f} images/s, {self.errors:,} errors")
         share = self.done / self.total if self.total else 1.0
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
         return (f"{self.done:,}/{self.total:,} images ({share:.0%}), {rate:.1f} images/s, ETA {eta}, "

@@ -8,16 +8,24 @@ answering 503 SlowDown for ``s`` seconds, ``drop_next(n)`` closing the next ``n`
 connections without an answer, ``wrong_region_next(n)`` answering 301 PermanentRedirect
 (a request signed for another region). Requests are forwarded whole (headers included,
 so SigV4 signatures and HEAD's Content-Length survive); ``seen`` records who sent each.
+
+``serve_listing(bucket, keys)`` makes the proxy answer that bucket's ListObjectsV2 requests itself
+from a sorted key list, at S3-like cost (moto spends ~0.4 s CPU on a 1000-key page), latency and
+outages applied as to forwarded requests; everything else is still forwarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import bisect
 import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
+from urllib.parse import quote
+from xml.sax.saxutils import escape
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -53,6 +61,7 @@ class S3FaultProxy:
         self._outage_only = ""  # only requests whose path contains this are refused ("" = all)
         self._drop = 0
         self._wrong_region = 0
+        self._listings: dict[str, tuple[list[str], int]] = {}  # bucket -> (sorted keys, object size)
         # (method, path, User-Agent, access key id) of every request, for tests that ask who sent what
         self.seen: list[tuple[str, str, str, str]] = []
         self._lock = threading.Lock()
@@ -83,6 +92,66 @@ class S3FaultProxy:
     def reset_max_in_flight(self) -> None:
         with self._lock:
             self.max_in_flight = self.in_flight
+
+    # -- LIST index ---------------------------------------------------------------------------------
+    def serve_listing(self, bucket: str, keys: Iterable[str], size: int = 1024) -> None:
+        """Answer ``bucket``'s ListObjectsV2 (GET /bucket?list-type=2) from ``keys`` (each ``size`` bytes)
+        instead of forwarding; the objects themselves need not exist upstream."""
+        self._listings[bucket] = (sorted(set(keys)), size)
+
+    def stop_listing(self, bucket: str) -> None:
+        self._listings.pop(bucket, None)
+
+    def _list_answer(self, request: web.Request) -> web.Response | None:
+        bucket = request.path.strip("/")
+        if request.method != "GET" or request.query.get("list-type") != "2" or bucket not in self._listings:
+            return None
+        keys, size = self._listings[bucket]
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        max_keys = min(int(q.get("max-keys", 1000)), 1000)
+        token, after = q.get("continuation-token"), q.get("start-after", "")
+        url = q.get("encoding-type") == "url"
+
+        def enc(text: str) -> str:
+            return escape(quote(text, safe="/") if url else text)
+
+        if token:  # the key to resume at, as the last answer named it
+            i = bisect.bisect_left(keys, base64.urlsafe_b64decode(token.encode()).decode())
+        else:
+            i = bisect.bisect_right(keys, after) if after else 0
+        i = max(i, bisect.bisect_left(keys, prefix))
+        contents, prefixes = [], []
+        while i < len(keys) and len(contents) + len(prefixes) < max_keys and keys[i].startswith(prefix):
+            key = keys[i]
+            cut = key.find(delimiter, len(prefix)) if delimiter else -1
+            if cut < 0:
+                contents.append(key)
+                i += 1
+            else:  # a common prefix: skip every key under it
+                common = key[:cut + len(delimiter)]
+                prefixes.append(common)
+                i = bisect.bisect_left(keys, common[:-1] + chr(ord(common[-1]) + 1), i)
+        truncated = i < len(keys) and keys[i].startswith(prefix)
+        parts = ['<?xml version="1.0" encoding="UTF-8"?>\n'
+                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+                 f"<Name>{escape(bucket)}</Name><Prefix>{enc(prefix)}</Prefix>",
+                 f"<Delimiter>{enc(delimiter)}</Delimiter>" if delimiter else "",
+                 f"<StartAfter>{enc(after)}</StartAfter>" if after else "",
+                 f"<ContinuationToken>{escape(token)}</ContinuationToken>" if token else "",
+                 "<EncodingType>url</EncodingType>" if url else "",
+                 f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount><MaxKeys>{max_keys}</MaxKeys>",
+                 f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"]
+        if truncated:
+            parts.append(f"<NextContinuationToken>{base64.urlsafe_b64encode(keys[i].encode()).decode()}"
+                         "</NextContinuationToken>")
+        etag = "&quot;d41d8cd98f00b204e9800998ecf8427e&quot;"
+        parts.extend(f"<Contents><Key>{enc(key)}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                     f"<ETag>{etag}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+                     for key in contents)
+        parts.extend(f"<CommonPrefixes><Prefix>{enc(common)}</Prefix></CommonPrefixes>" for common in prefixes)
+        parts.append("</ListBucketResult>")
+        return web.Response(status=200, body="".join(parts).encode(), content_type="application/xml")
 
     def heal(self) -> None:
         self._outage_until, self._drop, self._wrong_region = 0.0, 0, 0
@@ -145,6 +214,9 @@ class S3FaultProxy:
             with self._lock:
                 self.refused += 1
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        listed = self._list_answer(request) if self._listings else None
+        if listed is not None:
+            return listed
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         async with self._session.request(request.method, self.upstream + request.rel_url.raw_path_qs,
                                          headers=headers, data=body or None,

@@ -66,12 +66,12 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
                          model_identity=model_identity(config.model, config.weights, config.model_settings))
     if config.dry_run:
         return dry_run(config, wanted, started, progress)
-    listing = open_listing(config.source, config.read_retries, config.limit)  # SOURCE checked, not yet listed
     check_writable(config.output, config.read_retries)
     with Lease.acquire(config.output, config.lease_seconds, config.force_unlock, config.read_retries) as lease:
         if lease.taken_over is not None:
             progress(f"took over the lease of a run that stopped: {lease.taken_over.describe()}")
         state = prepare_output(config.output, config.mode, wanted, config.retry_errors, config.read_retries)
+        listing = open_listing(config.source, config.read_retries, config.limit)  # SOURCE checked, not yet listed
         with _todo_feed(config, listing, state, progress) as feed:
             summary = LabelSummary(0, 0, 0, 0, 0, 0.0, retried=state.retried)
             writer = PartWriter(config.output, state.manifest, config.rows_per_file, config.seconds_per_file,

@@ -36,7 +36,7 @@ from pipeline import storage
 from pipeline.listing import list_images
 storage.set_storage_options(json.loads(sys.argv[2]))
 listing = list_images(sys.argv[1])
-print(json.dumps({"seconds": time.perf_counter() - started, "images": len(listing.paths)}))
+print(json.dumps({"seconds": time.perf_counter() - started, "images": len(listing)}))
 '''
 
 

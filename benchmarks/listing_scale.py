@@ -93,10 +93,7 @@ class Run:
 
 def first_rows(out: Path, run: Run, before: int, wait_rows: int, timeout: float = 1800) -> tuple[float, float, int]:
     """(seconds to the first new part, rows/s from then until ``wait_rows`` more rows, rows committed)."""
-    known: dict[Path, int] = {}
-    for part in parts(out):
-        known[part] = committed_rows(out, {}) if False else 0
-    known = {p: 0 for p in parts(out)}
+    known = {p: 0 for p in parts(out)}  # parts there before the run do not count
     first = None
     first_count = 0
     while run.seconds() < timeout:
@@ -152,6 +149,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--committed-share", type=float, default=0.5)
     parser.add_argument("--wait-rows", type=int, default=200_000, help="rows to commit before stopping a run")
+    parser.add_argument("--first-only", action="store_true", help="only the first run (e.g. in a checkout of an "
+                        "older version, for a baseline)")
     args = parser.parse_args()
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +166,8 @@ def main() -> None:
             rows_out.append((n, "first run", first, run.peak, rate))
             print(f"{n:>11,} first run: first rows after {first:.1f} s, driver peak {run.peak / 2**30:.2f} GiB, "
                   f"{rate:,.0f} rows/s ({count:,} committed)", flush=True)
+            if args.first_only:
+                continue
             # 2. a resume over committed_share * N committed rows
             out = work / f"resume-{n}"
             committed = int(n * args.committed_share)

@@ -14,6 +14,7 @@ it for ``--resume``, fine-tuning stops).
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.images import decode_or_error
+from pipeline.storage_retry import is_throttled
 
 READS_IN_FLIGHT = 16  # concurrent object reads per batch
 FIRST_RETRY_DELAY = 0.5  # seconds before the first re-read of transient failures; doubles each round
@@ -57,12 +59,15 @@ def fetch_and_decode(items: Sequence[str | bytes], size: int, resize_mode: str =
         else:
             pending.append(i)
     if pending:
-        with ThreadPoolExecutor(min(READS_IN_FLIGHT, len(pending))) as pool:
+        in_flight = min(READS_IN_FLIGHT, len(pending))
+        with ThreadPoolExecutor(in_flight) as pool:
             for delay in [0.0] + [FIRST_RETRY_DELAY * 2**r for r in range(retries)]:
                 if not pending:
                     break
                 time.sleep(delay)
-                pending = _fetch_round(pool, items, pending, size, resize_mode, images, errors)
+                pending, throttled = _fetch_round(pool, items, pending, size, resize_mode, images, errors, in_flight)
+                if throttled:  # the store said SlowDown: the next round sends half as many at once
+                    in_flight = max(1, in_flight // 2)
     transient[pending] = True
     return Fetched(images, errors, transient)
 
@@ -75,10 +80,18 @@ def _decode_into(data: bytes, i: int, size: int, resize_mode: str, images: np.nd
 
 
 def _fetch_round(pool: ThreadPoolExecutor, items: Sequence[str | bytes], indices: list[int], size: int,
-                 resize_mode: str, images: np.ndarray, errors: list[str]) -> list[int]:
-    """One round over ``indices``; fills ``images``/``errors`` and returns the indices worth another try."""
+                 resize_mode: str, images: np.ndarray, errors: list[str], in_flight: int) -> tuple[list[int], bool]:
+    """One round over ``indices`` with at most ``in_flight`` reads at once; fills ``images``/``errors`` and
+    returns the indices worth another try, and whether the store asked to slow down."""
     retry: list[int] = []
-    futures = {pool.submit(storage.read_bytes, str(items[i])): i for i in indices}
+    throttled = False
+    gate = threading.BoundedSemaphore(in_flight)
+
+    def read(path: str) -> bytes:
+        with gate:
+            return storage.read_bytes(path)
+
+    futures = {pool.submit(read, str(items[i])): i for i in indices}
     for future in as_completed(futures):
         i = futures[future]
         try:
@@ -99,6 +112,7 @@ def _fetch_round(pool: ThreadPoolExecutor, items: Sequence[str | bytes], indices
         except Exception as err:  # noqa: BLE001 - throttling, 5xx, timeouts, resets: may pass
             errors[i] = f"unreadable after retries: {type(err).__name__}: {err}"
             retry.append(i)
+            throttled = throttled or is_throttled(err)
             continue
         _decode_into(data, i, size, resize_mode, images, errors)
-    return sorted(retry)
+    return sorted(retry), throttled

@@ -95,7 +95,8 @@ def image_mask(paths: pa.Array) -> pa.Array:
 class SourceListing:
     """SOURCE, checked; ``chunks()`` lists it (again, from the start, each time it is called)."""
 
-    def __init__(self, source: str, kind: str, retries: int = DEFAULT_RETRIES, limit: int | None = None):
+    def __init__(self, source: str, kind: str, retries: int = DEFAULT_RETRIES, limit: int | None = None,
+                 keep_seen: bool = False):
         self.source = source
         self.kind = kind  # folder | glob | list | file
         self.retries = retries
@@ -103,7 +104,10 @@ class SourceListing:
         self.images = 0  # images handed on so far by the current chunks()
         self.ignored = 0  # other entries seen so far
         self.repeats = 0  # entries named again (list files): dropped
-        self.seen = IdentitySet()  # every identity handed on, for --relist's count of removed images
+        # Every identity handed on: list files may name an image twice, and a resume counts the committed
+        # images SOURCE no longer lists. A folder or bucket names each file once: no set on a first run.
+        self.keep_seen = keep_seen or kind in ("list", "glob")
+        self.seen = IdentitySet()
 
     def chunks(self) -> Iterator[ListedChunk]:
         """Image identities as found, each once, at most ``limit`` in all; UserError at the end when none."""
@@ -114,9 +118,10 @@ class SourceListing:
                 part = identities(raw.slice(start, CHUNK), base)
                 images = part.filter(image_mask(part))
                 ignored = len(part) - len(images)
-                fresh = self.seen.add_new(hash_identities(images))
-                self.repeats += len(images) - int(fresh.sum())
-                images = images.filter(pa.array(fresh))
+                if self.keep_seen:
+                    fresh = self.seen.add_new(hash_identities(images))
+                    self.repeats += len(images) - int(fresh.sum())
+                    images = images.filter(pa.array(fresh))
                 if self.limit is not None and self.images + len(images) > self.limit:
                     images = images.slice(0, self.limit - self.images)
                 self.images += len(images)

@@ -22,7 +22,9 @@ FIRST_RETRY_DELAY = 0.5  # seconds before the first retry; doubles each round (a
 DEFAULT_RETRIES = 5  # rounds after the first try: about 15 s of outage waited out
 PERMANENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError, ImportError,
              TypeError, KeyError, UnicodeError)
-THROTTLED = ("slowdown", "slow down", "503", "throttl", "toomanyrequests", "429", "reduce your request rate")
+# How S3 (botocore's ClientError, obstore's status line), GCS and others say "too many requests".
+THROTTLED = ("slowdown", "slow down", "503 service unavailable", "throttl", "toomanyrequests",
+             "429 too many requests", "reduce your request rate", "requestlimitexceeded")
 
 
 class StorageError(JobFailedError):

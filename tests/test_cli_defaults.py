@@ -39,7 +39,8 @@ def test_every_label_option_reaches_its_setting():
             "--storage-options", '{"anon": true}', "--resize", "center-crop", "--precision", "mixed", "--xla",
             "--embeddings", "--read-retries", "1", "--verbose", "--classes", "a,b", "--preprocess", "tf",
             "--input-size", "64", "--head", "sigmoid", "--multi-label", "--threshold", "0.3",
-            "--max-error-rate", "0.1", "--retry-errors", "--force-unlock", "--lease-seconds", "5"]
+            "--max-error-rate", "0.1", "--retry-errors", "--force-unlock", "--lease-seconds", "5",
+            "--dry-run", "--relist"]
     config = label_config(**_parsed("label", args))
     not_options = {"source", "output", "seconds_per_file", "progress"}  # arguments, or library-only settings
     assert _changed(config, LabelConfig("SRC", "OUT")) == {f.name for f in dataclasses.fields(LabelConfig)} - not_options

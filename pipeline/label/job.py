@@ -177,7 +177,11 @@ def _error_rate_exceeded(config: LabelConfig, summary: LabelSummary, todo: int, 
 MIN_ROWS_FOR_ERROR_RATE = 32  # rows seen before --max-error-rate judges (fewer: one bad batch decides)
 
 
-WAVE_PATHS = 2_000_000  # paths the driver hands Ray Data at once: 200 MB of path blocks at most
+# Paths the driver hands Ray Data at once. The first wave is small, so the first rows come back after
+# seconds at any size (planning a wave takes about 3 s a million paths); later ones are larger, so the
+# actors' restart between waves (their TensorFlow import, model load and warm-up) costs little.
+FIRST_WAVE_PATHS = 131_072
+WAVE_PATHS = 1_000_000
 
 
 def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSummary,
@@ -190,7 +194,7 @@ def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSu
     told_listed = False
     with ray_session(config.address, verbose=config.verbose):
         try:
-            while (paths := feed.take(WAVE_PATHS)) is not None:
+            while (paths := feed.take(WAVE_PATHS if feed.taken else FIRST_WAVE_PATHS)) is not None:
                 meter.set_total(feed.todo - summary.transient, final=feed.finished, listed=feed.listed)
                 for table in _prediction_stream(config, paths, size):
                     table = _hold_back_transient(table, summary)

@@ -29,6 +29,8 @@ class TodoFeed:
     def __init__(self, listing: SourceListing | None, done: IdentitySet, recorder: ListingRecorder | None = None,
                  recorded: tuple[str, RecordedListing] | None = None, retries: int = 5):
         self.listing = listing  # a fresh listing of SOURCE, or None when the recorded one is reused
+        if listing is not None and len(done):
+            listing.keep_seen = True  # to count the committed images SOURCE no longer lists
         self.recorded = recorded  # (OUTPUT, its complete recorded listing) to reuse
         self.done = done
         self.recorder = recorder
@@ -57,7 +59,7 @@ class TodoFeed:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)  # a listing stuck in a storage call is a daemon: it dies with the job
         shutil.rmtree(self._spill, ignore_errors=True)
 
     # -- the background side --------------------------------------------------------------------

@@ -125,22 +125,23 @@ def seed_output(out: Path, listing: Path, rows: int, work: Path) -> None:
     from pipeline.label.output import PartWriter
     from pipeline.results import result_schema
 
+    import pyarrow.csv as csv
+
     manifest = read_manifest(str(out))
     writer = PartWriter(str(out), manifest, rows_per_file=10_000, seconds_per_file=float("inf"))
     schema = result_schema(manifest.embeddings)
-    with open(listing) as src:
-        for _ in range(256):
-            next(src)
-        done = 256
-        while done < rows:
-            batch = [next(src).strip() for _ in range(min(10_000, rows - done))]
-            columns = {name: pa.nulls(len(batch), schema.field(name).type) for name in schema.names}
-            columns["path"] = pa.array(batch, pa.string())
-            columns["model"] = pa.array([manifest.model] * len(batch), pa.string())
-            columns["weights_digest"] = pa.array([manifest.weights_digest] * len(batch), pa.string())
-            columns["error"] = pa.array(["not found: no such file or object"] * len(batch), pa.string())
-            writer.add(pa.table(columns, schema=schema))
-            done += len(batch)
+    paths = csv.read_csv(listing, read_options=csv.ReadOptions(column_names=["path"]),
+                         parse_options=csv.ParseOptions(delimiter="\x1f", quote_char=False)).column("path")
+    paths = paths.slice(256, rows - 256).combine_chunks()
+    for start in range(0, len(paths), 10_000):
+        batch = paths.slice(start, 10_000)
+        n = len(batch)
+        columns = {name: pa.nulls(n, schema.field(name).type) for name in schema.names}
+        columns["path"] = batch
+        columns["model"] = pa.array([manifest.model] * n, pa.string())
+        columns["weights_digest"] = pa.array([manifest.weights_digest] * n, pa.string())
+        columns["error"] = pa.array(["not found: no such file or object"] * n, pa.string())
+        writer.add(pa.table(columns, schema=schema))
     writer.flush()
 
 
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--committed-share", type=float, default=0.5)
     parser.add_argument("--wait-rows", type=int, default=200_000, help="rows to commit before stopping a run")
+    parser.add_argument("--skip-first", action="store_true", help="skip the first run (1.)")
     parser.add_argument("--first-only", action="store_true", help="only the first run (e.g. in a checkout of an "
                         "older version, for a baseline)")
     args = parser.parse_args()
@@ -159,13 +161,14 @@ def main() -> None:
             listing = work / f"list-{n}.txt"
             write_list(listing, n)
             # 1. a first run
-            out = work / f"first-{n}"
-            run = Run(str(listing), str(out), *MODEL)
-            first, rate, count = first_rows(out, run, 0, args.wait_rows)
-            run.stop()
-            rows_out.append((n, "first run", first, run.peak, rate))
-            print(f"{n:>11,} first run: first rows after {first:.1f} s, driver peak {run.peak / 2**30:.2f} GiB, "
-                  f"{rate:,.0f} rows/s ({count:,} committed)", flush=True)
+            if not args.skip_first:
+                out = work / f"first-{n}"
+                run = Run(str(listing), str(out), *MODEL)
+                first, rate, count = first_rows(out, run, 0, args.wait_rows)
+                run.stop()
+                rows_out.append((n, "first run", first, run.peak, rate))
+                print(f"{n:>11,} first run: first rows after {first:.1f} s, driver peak {run.peak / 2**30:.2f} GiB, "
+                      f"{rate:,.0f} rows/s ({count:,} committed)", flush=True)
             if args.first_only:
                 continue
             # 2. a resume over committed_share * N committed rows
@@ -173,7 +176,7 @@ def main() -> None:
             committed = int(n * args.committed_share)
             seed_output(out, listing, committed, work)
             run = Run(str(listing), str(out), *MODEL, "--resume")
-            first, rate, count = first_rows(out, run, committed, committed + args.wait_rows)
+            first, rate, count = first_rows(out, run, committed, args.wait_rows)
             run.stop()
             rows_out.append((n, f"resume over {committed:,}", first, run.peak, rate))
             print(f"{n:>11,} resume over {committed:,} committed: first new rows after {first:.1f} s, driver peak "

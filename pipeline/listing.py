@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Iterator
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,6 +38,7 @@ _URL_NEEDS_NORMALISING = r"^[a-zA-Z0-9+.-]+://[^/]*(.*(//|/\.\.?(/|$)|/$)|$)"
 class ListedChunk:
     paths: pa.Array  # image identities (strings), each once in the whole listing
     ignored: int  # entries in this part of SOURCE that are not images
+    hashes: np.ndarray | None = None  # hash_identities(paths), when the listing computed them already
 
 
 @lru_cache(maxsize=None)
@@ -118,16 +120,19 @@ class SourceListing:
                 part = identities(raw.slice(start, CHUNK), base)
                 images = part.filter(image_mask(part))
                 ignored = len(part) - len(images)
+                hashes = None
                 if self.keep_seen:
-                    fresh = self.seen.add_new(hash_identities(images))
+                    hashes = hash_identities(images)
+                    fresh = self.seen.add_new(hashes)
                     self.repeats += len(images) - int(fresh.sum())
-                    images = images.filter(pa.array(fresh))
+                    images, hashes = images.filter(pa.array(fresh)), hashes[fresh]
                 if self.limit is not None and self.images + len(images) > self.limit:
                     images = images.slice(0, self.limit - self.images)
+                    hashes = None if hashes is None else hashes[:len(images)]
                 self.images += len(images)
                 self.ignored += ignored
                 if len(images) or ignored:
-                    yield ListedChunk(images, ignored)
+                    yield ListedChunk(images, ignored, hashes)
                 if self.limit is not None and self.images >= self.limit:
                     return
         if not self.images:

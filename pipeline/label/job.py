@@ -76,7 +76,10 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
             summary = LabelSummary(0, 0, 0, 0, 0, 0.0, retried=state.retried)
             writer = PartWriter(config.output, state.manifest, config.rows_per_file, config.seconds_per_file,
                                 before_commit=lease.check, retries=config.read_retries)
-            told = feed.wait_for_work() and _run_on_ray(config, feed, size, summary, writer, started, progress)
+            # A listing that ends at once with nothing left (a finished job's resume) never starts Ray; one
+            # still running after a second starts Ray meanwhile, as the job will most likely need it.
+            told = (feed.wait_for_work(timeout=1.0)
+                    and _run_on_ray(config, feed, size, summary, writer, started, progress))
             feed.wait_for_work()  # the listing's own error, if it failed after the last wave
             _count_listing(summary, feed)
             if not told:
@@ -194,6 +197,8 @@ def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSu
     told_listed = False
     with ray_session(config.address, verbose=config.verbose):
         try:
+            if not feed.wait_for_work():
+                return False  # the listing ended, and nothing was left after all
             while (paths := feed.take(WAVE_PATHS if feed.taken else FIRST_WAVE_PATHS)) is not None:
                 meter.set_total(feed.todo - summary.transient, final=feed.finished, listed=feed.listed)
                 for table in _prediction_stream(config, paths, size):

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import Iterator
 
 import pyarrow as pa
@@ -78,7 +79,7 @@ class TodoFeed:
                     return
                 if self.recorder is not None and len(chunk.paths):
                     self.recorder.add(chunk.paths)
-                hashes = hash_identities(chunk.paths)
+                hashes = chunk.hashes if chunk.hashes is not None else hash_identities(chunk.paths)
                 fresh = chunk.paths.filter(pa.array(~self.done.contains(hashes))) if len(self.done) else chunk.paths
                 self._spill_paths(fresh)
                 with self._cond:
@@ -118,11 +119,15 @@ class TodoFeed:
     def available(self) -> int:
         return self.todo - self.taken
 
-    def wait_for_work(self) -> bool:
-        """Block until a path is left to take (True) or the listing ended with none (False); raise its error."""
+    def wait_for_work(self, timeout: float | None = None) -> bool:
+        """Block until a path is left to take (True) or the listing ended with none (False); raise its error.
+        With ``timeout``: True also when the listing is still running after that many seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self.available and not self.finished and self.error is None:
-                self._cond.wait(0.5)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return True
+                self._cond.wait(0.1)
             if self.error is not None:
                 raise self.error
             return self.available > 0

@@ -97,13 +97,22 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
 def _todo_feed(config: LabelConfig, listing, state, progress: Callable[[str], None]) -> TodoFeed:
     """The feed of what is left: from the listing recorded in OUTPUT when a resume may reuse it, else from a
     fresh listing of SOURCE, recorded as it goes."""
-    record = read_record(config.output, config.read_retries) if config.mode == "resume" else None
-    if record is not None and not config.relist and record.source == config.source and record.limit == config.limit:
+    record = _reusable_record(config)
+    if record is not None:
         progress(f"reusing the listing recorded in OUTPUT on {record.created} ({record.images:,} images; "
                  "--relist lists SOURCE again)")
         return TodoFeed(None, state.done, recorded=(config.output, record), retries=config.read_retries)
     recorder = ListingRecorder(config.output, config.read_retries)
     return TodoFeed(listing, state.done, recorder=recorder, retries=config.read_retries)
+
+
+def _reusable_record(config: LabelConfig):
+    """OUTPUT's recorded listing when this run may reuse it: a --resume without --relist, of the same SOURCE
+    and --limit as the run that recorded it."""
+    if config.mode != "resume" or config.relist:
+        return None
+    record = read_record(config.output, config.read_retries)
+    return record if record is not None and (record.source, record.limit) == (config.source, config.limit) else None
 
 
 def _count_listing(summary: LabelSummary, feed: TodoFeed) -> None:
@@ -132,9 +141,8 @@ def dry_run(config: LabelConfig, wanted: RunManifest, started: float,
                  "from nothing)")
     if existing is not None and existing.differences(wanted):
         progress("note: --resume would be refused: " + "; ".join(existing.differences(wanted)))
-    record = read_record(config.output, config.read_retries) if config.mode == "resume" else None
-    reuse = record is not None and not config.relist and record.source == config.source and record.limit == config.limit
-    feed = TodoFeed(None if reuse else listing, scan.done, recorded=(config.output, record) if reuse else None,
+    record = _reusable_record(config)
+    feed = TodoFeed(None if record else listing, scan.done, recorded=(config.output, record) if record else None,
                     retries=config.read_retries)
     with feed:
         while feed.take(1 << 20) is not None:

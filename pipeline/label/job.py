@@ -27,9 +27,8 @@ from pipeline.errors import JobFailedError, UserError
 from pipeline.label.config import LabelConfig, LabelSummary
 from pipeline.label.feed import decode_task_memory, read_and_decode
 from pipeline.label.lease import Lease
-from pipeline.label.manifest import RunManifest
 from pipeline.label.listing_record import ListingRecorder, read_record
-from pipeline.label.manifest import read_manifest
+from pipeline.label.manifest import RunManifest, read_manifest
 from pipeline.label.output import PartWriter, check_writable, prepare_output, scan_parts
 from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
@@ -143,10 +142,9 @@ def dry_run(config: LabelConfig, wanted: RunManifest, started: float,
         progress("note: --resume would be refused: " + "; ".join(existing.differences(wanted)))
     record = _reusable_record(config)
     feed = TodoFeed(None if record else listing, scan.done, recorded=(config.output, record) if record else None,
-                    retries=config.read_retries)
+                    retries=config.read_retries, spill=False)
     with feed:
-        while feed.take(1 << 20) is not None:
-            pass
+        feed.wait_until_finished()  # counts only: nothing is spilled to be taken
     summary = LabelSummary(feed.listed, feed.skipped, 0, 0, feed.ignored, time.monotonic() - started, dry_run=True)
     summary.left = feed.todo
     summary.removed = feed.removed

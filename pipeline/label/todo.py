@@ -22,13 +22,14 @@ import pyarrow as pa
 from pipeline.identity_set import IdentitySet, hash_identities
 from pipeline.label.listing_record import ListingRecorder, RecordedListing, iter_recorded
 from pipeline.listing import ListedChunk, SourceListing
+from pipeline.storage_retry import DEFAULT_RETRIES
 
 
 class TodoFeed:
     """Listed -> not yet committed -> spilled to local disk -> taken in waves. Counters for progress."""
 
     def __init__(self, listing: SourceListing | None, done: IdentitySet, recorder: ListingRecorder | None = None,
-                 recorded: tuple[str, RecordedListing] | None = None, retries: int = 5):
+                 recorded: tuple[str, RecordedListing] | None = None, retries: int = DEFAULT_RETRIES, spill: bool = True):
         self.listing = listing  # a fresh listing of SOURCE, or None when the recorded one is reused
         if listing is not None and len(done):
             listing.keep_seen = True  # to count the committed images SOURCE no longer lists
@@ -36,6 +37,7 @@ class TodoFeed:
         self.done = done
         self.recorder = recorder
         self.retries = retries
+        self.spill = spill  # False: count what is left (a dry run), keep none of it
         self.listed = recorded[1].images if recorded else 0  # images listed so far (all of them when reused)
         self.ignored = recorded[1].ignored if recorded else 0
         self.skipped = 0  # listed and already committed
@@ -105,7 +107,7 @@ class TodoFeed:
                 self._cond.notify_all()
 
     def _spill_paths(self, paths: pa.Array) -> None:
-        if not len(paths):
+        if not len(paths) or not self.spill:
             return
         name = os.path.join(self._spill, f"todo-{len(self._files):07d}.arrow")
         table = pa.table({"path": paths.cast(pa.string())})
@@ -131,6 +133,14 @@ class TodoFeed:
             if self.error is not None:
                 raise self.error
             return self.available > 0
+
+    def wait_until_finished(self) -> None:
+        """Block until the listing has ended; raise its error."""
+        with self._cond:
+            while not self.finished:
+                self._cond.wait(0.1)
+            if self.error is not None:
+                raise self.error
 
     def take(self, most: int) -> pa.Array | None:
         """Up to ``most`` paths of those spilled so far (waiting for one if need be); None when all are taken."""

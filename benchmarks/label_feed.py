@@ -74,7 +74,7 @@ def run_peer(files: list[str], model: str, weights: str, batch: int, work: Path,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-SUMMARY = re.compile(r"labeled (\d+) images .* in ([\d.]+) s: .*?\(?([\d.]+) s to the first result(?:, steady ([\d.]+) images/s)?")
+SUMMARY = re.compile(r"labeled ([\d,]+) images? .* in ([\d.]+) s: .*?\(?([\d.]+) s to the first result(?:, steady ([\d.]+) images/s)?")
 
 
 def run_label(source: str, out: str, model: str, weights: str, extra: list[str], env: dict | None = None) -> dict:
@@ -98,7 +98,7 @@ def run_label(source: str, out: str, model: str, weights: str, extra: list[str],
         raise SystemExit(f"no summary line in:\n{stdout}")
     rows, seconds, startup, steady = match.groups()
     # no steady rate when every result came in one burst (a job of one task)
-    return {"rows": int(rows), "wall": wall, "startup": float(startup), "steady": float(steady or "nan"),
+    return {"rows": int(rows.replace(",", "")), "wall": wall, "startup": float(startup), "steady": float(steady or "nan"),
             "peak_gib": peak / 2**30, "cpu": _cpu_by_role(cpu)}
 
 

@@ -13,3 +13,9 @@ class JobFailedError(Exception):
     """The job itself failed after starting (exit code 1)."""
 
     exit_code = 1
+
+
+class Interrupted(JobFailedError):
+    """The user stopped the job (Ctrl-C, SIGINT; exit code 130): the message says what is safe and what is left."""
+
+    exit_code = 130

@@ -20,7 +20,7 @@ import pandas as pd
 import simplejpeg
 
 from pipeline import storage
-from pipeline.errors import UserError
+from pipeline.errors import JobFailedError, UserError
 from pipeline.images import decode_or_error
 from pipeline.results import read_results
 
@@ -39,7 +39,9 @@ class ReportSummary:
 
 def build_report(output: str, report: str, label: str | None = None, max_per_label: int = 24,
                  min_score: float | None = None, threads: int = 16) -> ReportSummary:
-    """Write ``report`` (a local path or URL) for the labeling job in ``output``."""
+    """Write ``report`` (a local path or URL) for the labeling job in ``output``; UserError (before any
+    thumbnail is made) when ``report`` cannot be written, JobFailedError when the final write fails."""
+    storage.prepare_file_target(report, "REPORT")
     frame = read_results(output, ["path", "label", "score", "top_labels", "top_scores", "error"])
     if label is not None:
         frame = frame[frame["label"] == label]
@@ -55,8 +57,11 @@ def build_report(output: str, report: str, label: str | None = None, max_per_lab
         thumbs = dict(zip(shown["path"], pool.map(_thumbnail, shown["path"])))
     page = _page(output, frame, ok, failed, counts, shown, thumbs)
     data = page.encode("utf-8")
-    fs, path = storage.filesystem(report)
-    fs.pipe_file(path, data)
+    try:
+        storage.publish(report, data)
+    except OSError as err:
+        raise JobFailedError(f"could not write REPORT '{report}' ({type(err).__name__}: {err}); the page was "
+                             "built but not saved: check the location and permissions, then run again") from err
     return ReportSummary(len(frame), len(failed), len(counts), sum(v is not None for v in thumbs.values()), len(data))
 
 

@@ -89,6 +89,8 @@ def part_tables(output: str, columns: list[str] | None = None) -> Iterator[pa.Ta
     """Each part file of ``output`` as a table (only ``columns``, if given); UserError naming a damaged one."""
     parts = part_files(output)
     if not parts:
+        if not storage.exists(output):
+            raise UserError(f"'{output}' does not exist; give the OUTPUT of a 'pipeline label' run")
         raise UserError(f"'{output}' holds no results (no {PART_PREFIX}*.parquet files)")
     for part in parts:
         fs, path = storage.filesystem(part)

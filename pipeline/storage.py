@@ -92,6 +92,29 @@ def publish(location: str, data: bytes) -> None:
     os.replace(tmp, path)  # an atomic rename on one local filesystem
 
 
+def prepare_file_target(location: str, what: str) -> None:
+    """Check, before any work, that a file can be written at ``location``: UserError (exit 2, one line) when it
+    names a folder, or its local folder cannot be created or written. A missing local folder is created;
+    object stores need none, and their permissions show only on the write itself (``publish``)."""
+    from pipeline.errors import UserError
+
+    fs, path = filesystem(location)
+    try:
+        if fs.isdir(path):
+            raise UserError(f"{what} '{location}' is a folder; give a file name, e.g. "
+                            f"'{join(location, 'report.html')}'")
+        if is_url(location):
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write {what} '{location}': {err.strerror or err}; choose a folder you can "
+                        "write to") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} '{location}': the folder '{folder}' is not writable; choose a "
+                        "folder you can write to")
+
+
 def exists(path: str) -> bool:
     fs, p = filesystem(path)
     return fs.exists(p)

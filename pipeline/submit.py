@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 import socket
 import time
@@ -107,6 +108,16 @@ def quiet_ray_client_logs() -> None:
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
 
 
+# Ray's own INFO log lines in a job's log ("2026-12-07 03:24:24,123\tINFO job_manager.py:531 -- Runtime env is
+# setting up."): the job server's, not the job's; its warnings and errors are kept.
+RAY_INFO_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+INFO \S+\.py:\d+ -- ")
+
+
+def without_ray_info_lines(text: str) -> str:
+    """``text`` (a chunk of a job's log) without Ray's own INFO lines."""
+    return "".join(line for line in text.splitlines(keepends=True) if not RAY_INFO_LINE.match(line))
+
+
 class Cluster:
     """A connected job server. Every method raises UserError with a one-line message on failure."""
 
@@ -193,7 +204,9 @@ class Cluster:
 
         async def tail() -> None:
             async for lines in self.client.tail_job_logs(job_id):
-                echo(lines)
+                kept = without_ray_info_lines(lines)
+                if kept:
+                    echo(kept)
 
         self.info(job_id)  # unknown id: a clear error instead of a websocket failure
         with self.errors(job_id):
@@ -243,6 +256,31 @@ def validate_job_args(job: str, args: Sequence[str]) -> dict:
     except typer.TyperException as err:  # typer's click: NoSuchOption, MissingParameter, BadParameter, ...
         message = err.format_message() if hasattr(err, "format_message") else str(err)
         raise UserError(f"{message} (arguments of 'pipeline {job}'; see 'pipeline {job} --help')") from None
+
+
+def check_job_locally(job: str, params: dict) -> None:
+    """Every check the job makes before it needs the cluster's storage, made here before anything is uploaded
+    (UserError, exit 2): the settings the job's config checks, and a model or weights named on this machine
+    (an unknown registry name, a model file we cannot read, a weights file that is not there). Models and
+    data behind URLs are left to the job, which reads them with the cluster's credentials."""
+    from pipeline import storage
+    from pipeline.models.loading import model_kind
+    from pipeline.models.shipping import KEYWORDS
+
+    if job == "label":
+        from pipeline.cli.label import label_config
+
+        config = label_config(**params)
+        config.validate()
+        if not storage.is_url(config.model):
+            model_kind(config.model)  # "unknown model 'resnet5'; did you mean resnet50?"
+        if config.weights not in KEYWORDS and not storage.is_url(config.weights) and not os.path.exists(config.weights):
+            raise UserError(f"--weights '{config.weights}' does not exist here; pass an existing .keras/.h5/"
+                            ".weights.h5 file or URL, 'imagenet' or 'none'")
+    elif job == "finetune":
+        from pipeline.cli.finetune import finetune_config
+
+        finetune_config(**params)  # checks itself: base model, epochs, rates, ...
 
 
 # Parameters of each job that name data or a model: (parameter, how the user wrote it).
@@ -348,6 +386,7 @@ def submit(job: str, args: Sequence[str], address: str, *, working_dir: str | No
         raise UserError(f"unknown job '{job}'; choose one of {', '.join(JOB_SCRIPTS)}")
     args = with_cluster_address(job, args)
     params = validate_job_args(job, args)
+    check_job_locally(job, params)
     root = Path(working_dir).resolve() if working_dir else project_root()
     if not (root / JOB_SCRIPTS[job]).is_file():
         raise UserError(f"{root / JOB_SCRIPTS[job]} does not exist; --working-dir must be the project root")

@@ -116,7 +116,7 @@ def test_list_file_entries_have_one_identity_with_folder_listings(photo_dir, tmp
     # The folder listing names the same two files the same way: resume sees them as done.
     resumed = _label(str(photo_dir), str(out), "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert "labeled 2 images (0 errors, 1 ignored files, 2 already done)" in resumed.output
+    assert "labeled 2 images (0 errors, 1 ignored file, 2 already done)" in resumed.output
     assert len(pd.read_parquet(out)) == 4 and pd.read_parquet(out)["path"].is_unique
 
 
@@ -125,13 +125,13 @@ def test_retry_errors_relabels_failed_rows_once_and_max_error_rate_stops_early(p
     (photo_dir / "late.png").write_bytes(data[: len(data) // 3])  # not fully uploaded yet
     out = tmp_path / "out"
     first = _label(str(photo_dir), str(out))
-    assert "labeled 5 images (1 errors" in first.output
+    assert "labeled 5 images (1 error" in first.output
     (photo_dir / "late.png").write_bytes(data)  # the upload finished
     plain = _label(str(photo_dir), str(out), "--resume")
     assert "labeled 0 images" in plain.output  # error rows count as answered...
     retried = _label(str(photo_dir), str(out), "--resume", "--retry-errors")
     assert retried.exit_code == 0, retried.output
-    assert "labeled 1 images (0 errors, 0 ignored files, 4 already done)" in retried.output
+    assert "labeled 1 image (0 errors, 0 ignored files, 4 already done)" in retried.output
     frame = pd.read_parquet(out)
     assert len(frame) == 5 and frame["path"].is_unique and frame["error"].isna().all()
     assert frame.set_index("path").loc[str(photo_dir / "late.png"), "label"] == "espresso"
@@ -184,7 +184,7 @@ def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
     only_errors = runner.invoke(app, ["show", str(out), "--errors"])
     assert "label counts" not in only_errors.output and "notes.png: not an image" in only_errors.output
     espresso = runner.invoke(app, ["show", str(out), "--label", "espresso"])
-    assert espresso.output.startswith("1 rows, 0 errors")
+    assert espresso.output.startswith("1 row, 0 errors")
     assert runner.invoke(app, ["show", str(tmp_path / "nothing")]).exit_code == 2
 
 

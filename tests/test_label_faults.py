@@ -13,6 +13,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from pipeline.plural import plural
+
 N_COPIES = 20  # x 4 photos = 80 images: long enough to kill mid-way, short enough for CI
 
 
@@ -73,7 +75,8 @@ def test_resume_after_driver_killed_is_exactly_once(many_photos, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f":{proc.pid} since" in resumed.stderr  # took over the killed run's lease
     done_now = 4 * N_COPIES - written_before
-    assert f"labeled {done_now} images (0 errors, 0 ignored files, {written_before} already done)" in resumed.stdout
+    assert (f"labeled {plural(done_now, 'image')} (0 errors, 0 ignored files, {written_before:,} already done)"
+            in resumed.stdout)
     frame = _check_exactly_once(out, many_photos)
     cats = frame[frame["path"].str.endswith("chelsea.png")]
     assert cats["label"].isin({"tabby", "tiger cat", "Egyptian cat"}).all()

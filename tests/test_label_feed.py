@@ -270,11 +270,11 @@ LONG_JOB = dict(listed=6000, skipped=0, labeled=6000, errors=0, ignored=0, secon
 def test_summary_gives_steady_rate_apart_from_start_up_and_no_overall_rate_for_a_short_job():
     """29 photos in 17.2 s, 16.0 of them before the first result: "1.7 images/s" would read as throughput."""
     line = LabelSummary(**SHORT_JOB).line("out/")
-    assert line == ("labeled 29 images (1 errors, 13 ignored files, 0 already done) in 17.2 s: 16.0 s to the first "
+    assert line == ("labeled 29 images (1 error, 13 ignored files, 0 already done) in 17.2 s: 16.0 s to the first "
                     "result (starting Ray, TensorFlow and the model), too few images for a steady rate -> out/")
     assert "images/s" not in line
     assert LabelSummary(**LONG_JOB).line("out/") == (
-        "labeled 6000 images (0 errors, 0 ignored files, 0 already done) in 45.0 s: "
+        "labeled 6,000 images (0 errors, 0 ignored files, 0 already done) in 45.0 s: "
         "133.3 images/s (14.0 s to the first result, steady 193.5 images/s) -> out/")
     done = LabelSummary(listed=29, skipped=29, labeled=0, errors=0, ignored=0, seconds=3.0)
     assert done.line("out/") == ("labeled 0 images (0 errors, 0 ignored files, 29 already done) in 3.0 s: "
@@ -295,7 +295,7 @@ def test_benchmark_reads_both_summary_lines():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.SUMMARY.search(LabelSummary(**SHORT_JOB).line("o")).groups() == ("29", "17.2", "16.0", None)
-    assert bench.SUMMARY.search(LabelSummary(**LONG_JOB).line("o")).groups() == ("6000", "45.0", "14.0", "193.5")
+    assert bench.SUMMARY.search(LabelSummary(**LONG_JOB).line("o")).groups() == ("6,000", "45.0", "14.0", "193.5")
 
 
 def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):

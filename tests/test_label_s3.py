@@ -66,7 +66,7 @@ def test_label_from_s3_to_s3_with_weights_from_s3(s3, s3_endpoint, photos, lite0
         "--storage-options", json.dumps(options), "--batch-size", "4",
     ])
     assert result.exit_code == 0, result.output
-    assert "labeled 5 images (1 errors, 1 ignored files" in result.output
+    assert "labeled 5 images (1 error, 1 ignored file" in result.output
     assert s3.glob("photos-bucket/out/part-*.parquet")
     frame = pd.read_parquet("s3://photos-bucket/out", storage_options=options)
     assert len(frame) == 5 and frame["path"].is_unique
@@ -89,4 +89,4 @@ def test_label_from_s3_to_s3_with_weights_from_s3(s3, s3_endpoint, photos, lite0
     assert s3.exists("photos-bucket/out/_pipeline_manifest.json")
     assert not s3.exists("photos-bucket/out/_pipeline_lease.json")  # released
     shown = runner.invoke(app, ["show", "s3://photos-bucket/out", "--storage-options", json.dumps(options)])
-    assert shown.exit_code == 0 and shown.output.startswith("5 rows, 1 errors")
+    assert shown.exit_code == 0 and shown.output.startswith("5 rows, 1 error")

@@ -122,7 +122,7 @@ def test_resume_reuses_the_recorded_listing_and_relist_finds_new_and_removed_ima
     relisted = _label(str(photo_dir), str(out), "--resume", "--relist")
     assert relisted.exit_code == 0, relisted.output
     assert "1 to label" in relisted.output
-    assert "1 images in OUTPUT are no longer in SOURCE" in relisted.output
+    assert "1 image in OUTPUT is no longer in SOURCE" in relisted.output
     frame = pd.read_parquet(out)
     assert len(frame) == 5 and frame["path"].is_unique
     assert any(p.endswith("coffee-again.png") for p in frame["path"])

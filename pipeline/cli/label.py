@@ -21,6 +21,7 @@ from pipeline.cli.model_options import (
 from pipeline.cli.options import ResizeMode
 from pipeline.errors import UserError
 from pipeline.label.config import LabelConfig
+from pipeline.plural import plural
 
 # Every default below is LabelConfig's (one place): the CLI, jobs/ and 'pipeline submit' cannot drift from
 # what the library does when called directly.
@@ -79,8 +80,9 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
 
 @app.command("label")
 def label_command(
-    source: Annotated[str, typer.Argument(help="Folder or bucket prefix (recursive), glob, list file (.txt, .csv or .parquet with a 'path' column, or a glob of them), or an S3 Inventory manifest.json; local or fsspec URL.")],
-    output: Annotated[str, typer.Argument(help="Folder or bucket prefix for the Parquet results.")],
+    context: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Folder or bucket prefix (recursive), glob, list file (.txt, .csv or .parquet with a 'path' column, or a glob of them), or an S3 Inventory manifest.json; local or fsspec URL.")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="Folder or bucket prefix for the Parquet results.")],
     model: Annotated[str, typer.Option(help="Registry name (see 'pipeline models'), fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes kept per image.")] = LabelConfig.top_k,
@@ -97,7 +99,7 @@ def label_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results already in OUTPUT.")] = False,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local Ray here.")] = LabelConfig.address,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Label only the first N images listed.")] = LabelConfig.limit,
-    rows_per_file: Annotated[int, typer.Option(min=1, help="Rows per Parquet part file.")] = LabelConfig.rows_per_file,
+    rows_per_file: Annotated[int, typer.Option(min=1, help=f"Rows per Parquet part file: exactly N, except a shorter part committed once {LabelConfig.seconds_per_file:g} s have passed since the last one (a slow job's rows are safe early) and the last part.")] = LabelConfig.rows_per_file,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON (credentials, endpoint_url).")] = None,
     resize: Annotated[Optional[ResizeMode], typer.Option(
         help="squash: the whole image to the model's square (nothing cropped); center-crop: shorter side "
@@ -138,36 +140,47 @@ def label_command(
     from pipeline.cli.options import apply_storage_options
     from pipeline.label import run_label_job
 
-    with user_errors():
+    with user_errors(context):
         apply_storage_options(storage_options)  # also reaches this process's storage layer
-        config = label_config(**locals())
+        config = label_config(**{name: value for name, value in locals().items() if name != "context"})
         summary = run_label_job(config, progress=lambda line: typer.echo(line, err=True))
     typer.echo(summary.line(output))
 
 
 @app.command("show")
 def show_command(
-    output: Annotated[str, typer.Argument(help="OUTPUT of a labeling job (folder or URL).")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="OUTPUT of a labeling job (folder or URL).")],
     label: Annotated[Optional[str], typer.Option(help="Only rows with this top-1 label.")] = None,
     min_score: Annotated[Optional[float], typer.Option(help="Only rows whose top-1 score is at least this.")] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Only list the rows that failed.")] = False,
-    limit: Annotated[int, typer.Option(min=1, help="Rows to list in each section.")] = 10,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to list in each section, and labels counted.")] = 10,
+    all_labels: Annotated[bool, typer.Option("--all", help="Count every label, not only the --limit most common.")] = False,
     storage_options: Annotated[Optional[str], typer.Option(help="fsspec options as JSON.")] = None,
 ) -> None:
     """Print label counts, the least confident rows and the errors of a labeling job's OUTPUT."""
     from pipeline.cli.options import apply_storage_options
+    from pipeline.label.lease import Lease
     from pipeline.label.manifest import read_manifest
     from pipeline.results import summarize
 
     with user_errors():
         apply_storage_options(storage_options)
+        running = Lease.live_holder(output)
+        if running is not None:
+            typer.echo(f"a run is in progress (lease held by {running.describe()}): what follows is what it has "
+                       "committed so far", err=True)
         manifest = read_manifest(output)
         summary = summarize(output, label=label, min_score=min_score, limit=limit)
-    typer.echo(f"{summary.rows} rows, {summary.errors} errors")
+    typer.echo(f"{plural(summary.rows, 'row')}, {plural(summary.errors, 'error')}")
     if not errors:
+        counts = summary.label_counts if all_labels else summary.label_counts.head(limit)
         typer.echo("\nlabel counts:")
-        for name, count in summary.label_counts.head(limit).items():
+        for name, count in counts.items():
             typer.echo(f"  {count:>7}  {name}")
+        if len(counts) < len(summary.label_counts):
+            left = len(summary.label_counts) - len(counts)
+            typer.echo(f"  ... {plural(left, 'more label')} ({plural(summary.label_counts.iloc[len(counts):].sum(), 'row')}); "
+                       "--all lists them")
         typer.echo("\nleast confident:")
         for row in summary.lowest.itertuples():
             typer.echo(f"  {row.score:6.1%}  {row.label:<25} {row.path}")

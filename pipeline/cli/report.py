@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.plural import plural
 
 
 @app.command("report")
 def report_command(
-    output: Annotated[str, typer.Argument(help="OUTPUT of a labeling job (folder or URL).")],
-    report: Annotated[str, typer.Argument(help="The HTML file to write (local path or URL).")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="OUTPUT of a labeling job (folder or URL).")],
+    report: Annotated[str, typer.Argument(metavar="REPORT", help="The HTML file to write (local path or URL).")],
     label: Annotated[Optional[str], typer.Option(help="Only this top-1 label.")] = None,
     max_per_label: Annotated[int, typer.Option(min=1, help="Thumbnails per label, least confident first.")] = 24,
     min_score: Annotated[Optional[float], typer.Option(help="Only rows whose top-1 score is at least this.")] = None,
@@ -25,5 +26,5 @@ def report_command(
     with user_errors():
         apply_storage_options(storage_options)
         summary = build_report(output, report, label=label, max_per_label=max_per_label, min_score=min_score)
-    typer.echo(f"{summary.rows} rows, {summary.labels} labels, {summary.errors} errors, "
-               f"{summary.thumbnails} thumbnails -> {report} ({summary.bytes / 2**20:.1f} MiB)")
+    typer.echo(f"{plural(summary.rows, 'row')}, {plural(summary.labels, 'label')}, {plural(summary.errors, 'error')}, "
+               f"{plural(summary.thumbnails, 'thumbnail')} -> {report} ({summary.bytes / 2**20:.1f} MiB)")

@@ -11,6 +11,7 @@ from pipeline.errors import UserError
 from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.models.user_model import ModelSettings
+from pipeline.plural import plural
 
 MODES = ("new", "resume", "overwrite")
 PRECISIONS = ("float32", "mixed")
@@ -146,11 +147,11 @@ class LabelSummary:
         says there were too few images for a rate rather than print a number that reads as throughput."""
         if self.dry_run:
             gone = f", {self.removed:,} in OUTPUT no longer listed" if self.removed else ""
-            return (f"dry run: {self.listed:,} images listed ({self.ignored:,} other files ignored), "
-                    f"{self.skipped:,} already done, {self.left:,} left to label{gone}; nothing labeled "
+            return (f"dry run: {plural(self.listed, 'image')} listed ({plural(self.ignored, 'other file')} "
+                    f"ignored), {self.skipped:,} already done, {self.left:,} left to label{gone}; nothing labeled "
                     f"({self.seconds:.1f} s) -> {output}")
-        line = (f"labeled {self.labeled} images ({self.errors} errors, {self.ignored} ignored files, "
-                f"{self.skipped} already done) in {self.seconds:.1f} s: ")
+        line = (f"labeled {plural(self.labeled, 'image')} ({plural(self.errors, 'error')}, "
+                f"{plural(self.ignored, 'ignored file')}, {self.skipped:,} already done) in {self.seconds:.1f} s: ")
         if self.labeled and self.steady_images_per_second:
             line += (f"{self.images_per_second:.1f} images/s ({self.startup_seconds:.1f} s to the first result, "
                      f"steady {self.steady_images_per_second:.1f} images/s)")
@@ -162,5 +163,5 @@ class LabelSummary:
         else:
             line += "nothing new to label"
         if self.transient:
-            line += f"; {self.transient} images not read (transient storage errors), left for --resume"
+            line += f"; {plural(self.transient, 'image')} not read (transient storage errors), left for --resume"
         return f"{line} -> {output}"

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import storage
-from pipeline.errors import JobFailedError, UserError
+from pipeline.errors import Interrupted, JobFailedError, UserError
 from pipeline.label.config import LabelConfig, LabelSummary
 from pipeline.label.feed import decode_task_memory, read_and_decode
 from pipeline.label.lease import Lease
@@ -34,6 +34,7 @@ from pipeline.label.predictor import Predictor, model_input_size
 from pipeline.label.progress import Progress
 from pipeline.label.todo import TodoFeed
 from pipeline.listing import open_listing
+from pipeline.plural import plural
 from pipeline.results import part_files
 from pipeline.models.loading import (check_embeddings, check_model, model_identity, model_kind,
                                      model_resize_mode)
@@ -77,9 +78,12 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
                                 before_commit=lease.check, retries=config.read_retries)
             # A listing that ends at once with nothing left (a finished job's resume) never starts Ray; one
             # still running after a second starts Ray meanwhile, as the job will most likely need it.
-            told = (feed.wait_for_work(timeout=1.0)
-                    and _run_on_ray(config, feed, size, summary, writer, started, progress))
-            feed.wait_for_work()  # the listing's own error, if it failed after the last wave
+            try:
+                told = (feed.wait_for_work(timeout=1.0)
+                        and _run_on_ray(config, feed, size, summary, writer, started, progress))
+                feed.wait_for_work()  # the listing's own error, if it failed after the last wave
+            except KeyboardInterrupt:  # while listing, before Ray: nothing of this run is committed
+                raise _interrupted(writer.rows_committed, feed, summary) from None
             _count_listing(summary, feed)
             if not told:
                 _say_listed(feed, progress)
@@ -119,10 +123,11 @@ def _count_listing(summary: LabelSummary, feed: TodoFeed) -> None:
 
 
 def _say_listed(feed: TodoFeed, progress: Callable[[str], None]) -> None:
-    progress(f"{feed.listed:,} images listed ({feed.ignored:,} other files ignored), {feed.skipped:,} already "
-             f"in OUTPUT, {feed.todo:,} to label")
+    progress(f"{plural(feed.listed, 'image')} listed ({plural(feed.ignored, 'other file')} ignored), "
+             f"{feed.skipped:,} already in OUTPUT, {feed.todo:,} to label")
     if feed.removed:
-        progress(f"{feed.removed:,} images in OUTPUT are no longer in SOURCE (their rows are kept)")
+        progress(f"{plural(feed.removed, 'image')} in OUTPUT {'is' if feed.removed == 1 else 'are'} no longer in "
+                 "SOURCE (their rows are kept)")
 
 
 def dry_run(config: LabelConfig, wanted: RunManifest, started: float,
@@ -225,9 +230,12 @@ def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSu
                         raise JobFailedError(stop)
                 writer.flush()
             writer.flush()
-        except (UserError, JobFailedError, KeyboardInterrupt):
+        except (UserError, JobFailedError):
             _flush_quietly(writer)
             raise
+        except KeyboardInterrupt:
+            _flush_quietly(writer)
+            raise _interrupted(writer.rows_committed, feed, summary) from None
         except Exception as err:  # noqa: BLE001 - report, do not dump a Ray traceback on the user
             _flush_quietly(writer)
             print(f"labeling failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -238,6 +246,15 @@ def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSu
     summary.startup_seconds = meter.startup_seconds
     summary.steady_images_per_second = meter.steady_rate()
     return told_listed
+
+
+def _interrupted(committed: int, feed: TodoFeed, summary: LabelSummary) -> Interrupted:
+    """Where the job stands when the user stopped it: what is safe in OUTPUT and what --resume will do."""
+    left = max(0, feed.todo - summary.labeled)
+    listed = "" if feed.finished else f" of the {feed.listed:,} listed so far (the listing had not ended)"
+    before = f" (and {feed.skipped:,} from before)" if feed.skipped else ""
+    return Interrupted(f"interrupted: this run committed {plural(committed, 'row')}{before}, all safe in OUTPUT; "
+                       f"{plural(left, 'image')}{listed} left to label: --resume finishes the job")
 
 
 def _flush_quietly(writer: PartWriter) -> None:

@@ -266,6 +266,16 @@ class Lease:
         if current is not None and _live(current, force_unlock):
             raise _held_by_another_run(output, current)
 
+    @staticmethod
+    def live_holder(output: str) -> LeaseRecord | None:
+        """The run holding OUTPUT's lease now, if any (for ``pipeline show``): None when there is none, it has
+        expired or its holder is known dead, or the lease cannot be read."""
+        try:
+            current, _ = LeaseStore(output).read()
+        except Exception:  # noqa: BLE001 - only a look: a lease we cannot read holds nothing we can show
+            return None
+        return current if current is not None and _live(current, False) else None
+
     def _beat(self) -> None:
         interval = max(0.5, self.record.ttl / 4)
         while not self._stop.wait(interval):

@@ -14,7 +14,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline import storage
 from pipeline.errors import UserError
@@ -87,8 +87,25 @@ class RunManifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
     def lines(self) -> list[str]:
-        """Human-readable 'key: value' lines for ``pipeline show``."""
-        return [f"{key}: {value}" for key, value in asdict(self).items()]
+        """Human-readable 'key: value' lines for ``pipeline show``: a nested dict (the model identity) as
+        indented 'key: value' lines of its own, lists joined with commas."""
+        return list(_key_value_lines(asdict(self)))
+
+
+def _key_value_lines(values: dict, indent: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield f"{indent}{key}:"
+            yield from _key_value_lines(value, indent + "  ")
+        elif isinstance(value, (list, tuple)):
+            shown = ", ".join(str(v) for v in value[:LIST_ITEMS_SHOWN])
+            more = f", ... ({len(value)} in all)" if len(value) > LIST_ITEMS_SHOWN else ""
+            yield f"{indent}{key}: {shown}{more}"
+        else:
+            yield f"{indent}{key}: {value}"
+
+
+LIST_ITEMS_SHOWN = 10  # e.g. a fine-tuned model's class names
 
 
 def manifest_path(output: str) -> str:

@@ -240,10 +240,14 @@ class PartWriter:
         self.retries = retries
 
     def add(self, table: pa.Table) -> None:
+        """Buffer ``table``; commit a part of exactly ``rows_per_file`` rows each time that many are buffered,
+        and whatever is buffered once ``seconds_per_file`` have passed since the last commit."""
         self._check_weights(table)
         self._buffer.append(table.select(self.schema.names).cast(self.schema))
         self._rows += table.num_rows
-        if self._rows >= self.rows_per_file or time.monotonic() - self._last_flush >= self.seconds_per_file:
+        while self._rows >= self.rows_per_file:
+            self._commit(self.rows_per_file)
+        if self._rows and time.monotonic() - self._last_flush >= self.seconds_per_file:
             self.flush()
 
     def _check_weights(self, table: pa.Table) -> None:
@@ -261,15 +265,21 @@ class PartWriter:
                             "--overwrite, or another OUTPUT")
 
     def flush(self) -> None:
+        """Commit everything buffered, in parts of at most ``rows_per_file`` rows."""
         self._last_flush = time.monotonic()
-        if not self._rows:
-            return
+        while self._rows:
+            self._commit(min(self._rows, self.rows_per_file))
+
+    def _commit(self, rows: int) -> None:
+        """Publish the first ``rows`` buffered rows as one part file."""
+        self._last_flush = time.monotonic()
         self.before_commit()
         if not self._manifest_written:
             write_manifest(self.output, self.manifest, self.retries)  # always before the part that relies on it
             self._manifest_written = True
-        table = pa.concat_tables(self._buffer)
-        self._buffer, self._rows = [], 0
+        buffered = pa.concat_tables(self._buffer)
+        table, rest = buffered.slice(0, rows), buffered.slice(rows)
+        self._buffer, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
         table = table.replace_schema_metadata({PART_OWNER_KEY: self.manifest.run_id.encode()})
         sink = io.BytesIO()
         pq.write_table(table, sink)  # complete bytes in memory before anything is published

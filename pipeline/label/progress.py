@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TextIO
 
+from pipeline.plural import plural
+
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -89,12 +91,12 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         rate = self.steady_rate(now)
         if not self.final:
-            return (f"{self.done:,} images labeled, {self.listed:,} listed so far (still listing), "
-                    f"{rate:.1f} images/s, {self.errors:,} errors")
+            return (f"{plural(self.done, 'image')} labeled, {self.listed:,} listed so far (still listing), "
+                    f"{rate:.1f} images/s, {plural(self.errors, 'error')}")
         share = self.done / self.total if self.total else 1.0
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
         return (f"{self.done:,}/{self.total:,} images ({share:.0%}), {rate:.1f} images/s, ETA {eta}, "
-                f"{self.errors:,} errors")
+                f"{plural(self.errors, 'error')}")
 
     def close(self) -> None:
         if self.interactive and self._last_print:

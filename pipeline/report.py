@@ -41,7 +41,7 @@ def build_report(output: str, report: str, label: str | None = None, max_per_lab
                  min_score: float | None = None, threads: int = 16) -> ReportSummary:
     """Write ``report`` (a local path or URL) for the labeling job in ``output``; UserError (before any
     thumbnail is made) when ``report`` cannot be written, JobFailedError when the final write fails."""
-    storage.prepare_file_target(report, "REPORT")
+    storage.prepare_file_target(report, "REPORT", suggested_name="report.html")
     frame = read_results(output, ["path", "label", "score", "top_labels", "top_scores", "error"])
     if label is not None:
         frame = frame[frame["label"] == label]

@@ -92,7 +92,7 @@ def publish(location: str, data: bytes) -> None:
     os.replace(tmp, path)  # an atomic rename on one local filesystem
 
 
-def prepare_file_target(location: str, what: str) -> None:
+def prepare_file_target(location: str, what: str, suggested_name: str) -> None:
     """Check, before any work, that a file can be written at ``location``: UserError (exit 2, one line) when it
     names a folder, or its local folder cannot be created or written. A missing local folder is created;
     object stores need none, and their permissions show only on the write itself (``publish``)."""
@@ -102,7 +102,7 @@ def prepare_file_target(location: str, what: str) -> None:
     try:
         if fs.isdir(path):
             raise UserError(f"{what} '{location}' is a folder; give a file name, e.g. "
-                            f"'{join(location, 'report.html')}'")
+                            f"'{join(location, suggested_name)}'")
         if is_url(location):
             return
         folder = os.path.dirname(os.path.abspath(path))

@@ -259,22 +259,20 @@ class Lease:
         Only a look: ``acquire`` still decides, and a lease that cannot be read here (no OUTPUT yet, no
         permission) is left for ``check_writable`` and ``acquire`` to report.
         """
-        try:
-            current, _ = LeaseStore(output).read()
-        except Exception:  # noqa: BLE001 - judged again, with a message, when the run takes the lease
-            return
-        if current is not None and _live(current, force_unlock):
+        current = Lease.live_holder(output, force_unlock)
+        if current is not None:
             raise _held_by_another_run(output, current)
 
     @staticmethod
-    def live_holder(output: str) -> LeaseRecord | None:
-        """The run holding OUTPUT's lease now, if any (for ``pipeline show``): None when there is none, it has
-        expired or its holder is known dead, or the lease cannot be read."""
+    def live_holder(output: str, force_unlock: bool = False) -> LeaseRecord | None:
+        """The run holding OUTPUT's lease now, if any: None when there is none, it has expired, its holder is
+        known dead or ``force_unlock`` is given, or the lease cannot be read (only a look: ``acquire`` judges
+        again, with a message)."""
         try:
             current, _ = LeaseStore(output).read()
-        except Exception:  # noqa: BLE001 - only a look: a lease we cannot read holds nothing we can show
+        except Exception:  # noqa: BLE001 - a lease we cannot read holds nothing to show or refuse here
             return None
-        return current if current is not None and _live(current, False) else None
+        return current if current is not None and _live(current, force_unlock) else None
 
     def _beat(self) -> None:
         interval = max(0.5, self.record.ttl / 4)

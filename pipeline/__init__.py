@@ -8,6 +8,8 @@ from pipeline.tensorflow_env import apply_tensorflow_defaults
 
 apply_tensorflow_defaults()  # before anything of ours imports TensorFlow: it reads them when it loads
 
-from pipeline.classification import Prediction, classify  # noqa: E402
+from pipeline.lazy_names import lazy_getattr  # noqa: E402
 
+# Imported on first use, so a command that needs neither (``pipeline models``, ``show``) starts at once.
+__getattr__ = lazy_getattr(__name__, {"Prediction": "pipeline.classification", "classify": "pipeline.classification"})
 __all__ = ["Prediction", "classify"]

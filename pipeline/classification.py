@@ -12,11 +12,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from pipeline import storage
+from pipeline.errors import UserError
 from pipeline.fetch import fetch_and_decode
 from pipeline.inference import CompiledClassifier
 from pipeline.label.config import LabelConfig
+from pipeline.listing import open_listing
 from pipeline.models.loading import load_model
 from pipeline.models.user_model import ModelSettings
+from pipeline.storage_retry import with_retries
+
+# More images than this are a labeling job's work: classify holds every result and prints a table.
+MAX_LISTED_IMAGES = 1000
 
 
 @dataclass
@@ -34,6 +41,36 @@ class Prediction:
     @property
     def score(self) -> float | None:
         return self.scores[0] if self.scores else None
+
+
+def expand_inputs(paths: Iterable[str], retries: int = LabelConfig.read_retries,
+                  max_images: int = MAX_LISTED_IMAGES) -> list[str]:
+    """The images ``paths`` name, checked before any model loads (TensorFlow takes seconds to start).
+
+    A file is taken as given (a bad one becomes a result with ``error``); a folder, glob or list file gives
+    its images, found as ``pipeline label`` lists a SOURCE. UserError names every path that does not exist,
+    and refuses more than ``max_images`` images with a pointer to ``pipeline label``.
+    """
+    paths = list(paths)
+    missing = []
+    for path in paths:
+        fs, root = storage.filesystem(path)
+        if not any(ch in root for ch in "*?[") and not with_retries("check", path, lambda: fs.exists(root), retries):
+            missing.append(path)
+    if missing:
+        raise UserError(f"not found: {', '.join(missing)}; nothing was classified")
+    images: list[str] = []
+    for path in paths:
+        listing = open_listing(path, retries, limit=max_images + 1 - len(images))
+        if listing.kind == "file":
+            images.append(path)
+        else:
+            images.extend(p for chunk in listing.chunks() for p in chunk.paths.to_pylist())
+        if len(images) > max_images:
+            raise UserError(f"'{path}' brings the images to classify past {max_images:,}: classify runs in this "
+                            "process and prints every result; label a folder of any size on Ray with "
+                            f"'pipeline label {path} OUTPUT' (Parquet, resumable)")
+    return images
 
 
 def classify(

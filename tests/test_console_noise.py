@@ -58,3 +58,27 @@ def test_the_filter_passes_every_other_byte_in_order_and_a_bar_that_never_ends_i
     assert not reader.is_alive()
     assert shown_while_running >= 40_000, "a line without a newline waited for its end"
     assert bytes(passed) == b"one\ntwo\n" + bytes(bar) + b"\nlast words"
+
+
+# As TensorFlow 2.21 printed them on this 2-core machine without a GPU (`import tensorflow`, then one op).
+TENSORFLOW_PRINTED = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"I0000 00:00:1796626774.312895   16162 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    b"different numerical results due to floating-point round-off errors from different computation orders.",
+    b"I0000 00:00:1796626774.313206   16162 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU "
+    b"will not be used.",
+    b"E0000 00:00:1796626778.333913   16162 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+    b"Failed call to cuInit: UNKNOWN ERROR (303)",
+]
+
+
+def test_tensorflow_start_up_lines_go_as_tf_cpp_min_log_level_says():
+    quiet = console_noise.tensorflow_noise({"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert all(is_known_noise(line, quiet) for line in TENSORFLOW_PRINTED)
+    # A real TensorFlow error stays, and so does a Python warning from TensorFlow.
+    assert not is_known_noise(b"E0000 00:00:1796626778.3 16162 op_kernel.cc:1857] OP_REQUIRES failed: OOM", quiet)
+    assert not is_known_noise(b"WARNING:tensorflow:5 out of the last 5 calls triggered tf.function retracing", quiet)
+    # The user asked TensorFlow for everything: only the CUDA start-up error of a machine without a GPU goes.
+    loud = console_noise.tensorflow_noise({"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert [is_known_noise(line, loud) for line in TENSORFLOW_PRINTED] == [False, False, False, True]
+    assert console_noise.tensorflow_noise({"TF_CPP_MIN_LOG_LEVEL": "junk"}) == loud

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import UserError
-from pipeline.finetune.job import FinetuneConfig, check_same_run
+from pipeline.finetune.job import FinetuneConfig
+from pipeline.finetune.resume import check_same_run
 from pipeline.finetune.data import hash_split, list_class_folders, split_digest
 
 runner = CliRunner()

@@ -46,6 +46,15 @@ def test_mobilenet_v3_native_size_is_keras_default():
     assert spec.input_size == 224
 
 
+def test_every_entry_names_what_its_preprocessing_does():
+    """The registry states each family's preprocessing in words (so listing it needs no Keras): every word
+    must match what the family's own ``preprocess_input`` does to a probe."""
+    from pipeline.models.registry import REGISTRY, describe_preprocessing
+
+    for spec in REGISTRY.values():
+        assert spec.preprocessing == describe_preprocessing(spec.preprocess_input), spec.name
+
+
 def test_preprocessing_is_named_from_behaviour():
     assert get_spec("resnet50").preprocessing.startswith("caffe")
     assert get_spec("inception_v3").preprocessing.startswith("tf")

@@ -8,7 +8,10 @@ from pipeline.cli.app import app
 
 
 def main() -> None:
-    app()
+    from pipeline.console_noise import filtered_console
+
+    with filtered_console():  # every command's own TensorFlow import and Ray start, in this process
+        app()
 
 
 __all__ = ["app", "main"]

@@ -8,6 +8,7 @@ import typer
 
 from pipeline.cli.app import app, user_errors
 from pipeline.cli.options import ResizeMode
+from pipeline.console_noise import show_everything
 from pipeline.errors import UserError
 from pipeline.finetune.job import FinetuneConfig
 
@@ -121,6 +122,8 @@ def finetune_command(
     """Fine-tune a pretrained model on DATA with Ray Train and export it to OUTPUT for 'pipeline label --model OUTPUT'."""
     from pipeline.finetune.job import run_finetune
 
+    if verbose:
+        show_everything()
     with user_errors():
         config = finetune_config(**locals())
         summary = run_finetune(config, progress=lambda line: typer.echo(line, err=True))

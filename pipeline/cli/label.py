@@ -19,6 +19,7 @@ from pipeline.cli.model_options import (
     model_settings,
 )
 from pipeline.cli.options import ResizeMode
+from pipeline.console_noise import show_everything
 from pipeline.errors import UserError
 from pipeline.label.config import LabelConfig
 from pipeline.plural import plural
@@ -140,6 +141,8 @@ def label_command(
     from pipeline.cli.options import apply_storage_options
     from pipeline.label import run_label_job
 
+    if verbose:
+        show_everything()
     with user_errors(context):
         apply_storage_options(storage_options)  # also reaches this process's storage layer
         config = label_config(**{name: value for name, value in locals().items() if name != "context"})

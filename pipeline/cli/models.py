@@ -46,7 +46,7 @@ def models_command(
 
 @app.command("classify")
 def classify_command(
-    files: Annotated[list[str], typer.Argument(help="Image paths or URLs (s3://, gs://, memory://, ...).")],
+    files: Annotated[list[str], typer.Argument(help="Image files, or a folder, glob or list file of at most 1,000 images; paths or URLs (s3://, gs://, ...).")],
     model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to print per image.")] = LabelConfig.top_k,
@@ -61,11 +61,12 @@ def classify_command(
 ) -> None:
     """Classify a few images in this process and print the top-k table."""
     # The defaults above are classify()'s, which are a labeling job's (LabelConfig): written once.
-    from pipeline.classification import classify
+    from pipeline.classification import classify, expand_inputs
     from pipeline.cli.options import apply_storage_options
 
     with user_errors():
         apply_storage_options(storage_options)
+        files = expand_inputs(files)  # before TensorFlow loads: a typo costs a second, not seven
         settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
         results = classify(files, model=model, top_k=top_k, weights=weights, batch_size=batch_size,
                            settings=settings, progress=lambda line: typer.echo(line, err=True))

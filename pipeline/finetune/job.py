@@ -28,10 +28,12 @@ from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
                                     list_training_files, shuffled, split_digest)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
+from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
+                                      recorded_settings)
 from pipeline.images import RESIZE_MODES
+from pipeline.plural import plural
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
 
-RUN_NAME = "checkpoints"  # Ray Train's run folder inside OUTPUT: one subfolder per epoch checkpoint
 CHECKPOINTS_KEPT = 2
 
 
@@ -131,12 +133,12 @@ class FinetuneSummary:
     def line(self, output: str) -> str:
         best = self.best
         confused = ", ".join(f"{true}->{pred} ({count})" for true, pred, count in self.confused) or "none"
-        return (f"fine-tuned {len(self.classes)} classes on {self.train_images} images with {self.workers} "
-                f"worker(s): exported epoch {best['epoch']} (best {self.best_by}), val accuracy "
+        return (f"fine-tuned {len(self.classes)} classes on {plural(self.train_images, 'image')} with "
+                f"{plural(self.workers, 'worker')}: exported epoch {best['epoch']} (best {self.best_by}), val accuracy "
                 f"{best['val_accuracy']:.4f}, val loss {best['val_loss']:.4f}; "
-                f"{len(self.history)} epochs{' (stopped early)' if self.stopped_early else ''}, "
+                f"{plural(len(self.history), 'epoch')}{' (stopped early)' if self.stopped_early else ''}, "
                 f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
-                f"{len(self.skipped)} unreadable image(s) skipped; most confused (true->predicted): {confused}; "
+                f"{plural(len(self.skipped), 'unreadable image')} skipped; most confused (true->predicted): {confused}; "
                 f"model in {output}")
 
 
@@ -149,7 +151,11 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     files = list_training_files(config.data, config.val, config.val_fraction)
     identity = {"class_names": files.class_names, "base": spec.name, "image_size": size, "resize": config.resize,
                 "split_digest": split_digest(files)}
-    prepare_output(config, identity)
+    plan = prepare_output(config, identity)
+    for note in plan.notes if plan else ():
+        progress(note)
+    if plan is not None and plan.finished:
+        return _finish_from_checkpoint(config, files, size, plan, started, progress)
     progress(f"{len(files.class_names)} classes {files.class_names[:10]}{' ...' if len(files.class_names) > 10 else ''}: "
              f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size} ({config.resize}), "
              f"{config.workers} worker(s), augmentation: {','.join(config.augment) or 'none'}")
@@ -173,27 +179,70 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         for path, error in summary.skipped[:5]:
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
-        directory = _fit(config, files, size, identity, train, val, progress)
+        directory = _fit(config, files, size, identity, plan, train, val, progress)
+    try:
+        _finish(config, files, size, directory, summary, export_model=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _finish(config: FinetuneConfig, files: LabeledFiles, size: int, directory: str, summary: FinetuneSummary,
+            export_model: bool) -> None:
+    """From the last checkpoint (a local folder): the exported model, history.csv, curves.png, the report."""
+    from pipeline.finetune.curves import plot_curves, write_history
     from pipeline.finetune.report import worst_confused, write_report
     from pipeline.finetune.worker import BEST_CONFUSION_FILE, read_best_weights, read_state
 
-    try:
-        state = read_state(directory)
-        summary.history, summary.chosen_epoch = state["history"], state["best"]["epoch"]
-        summary.stopped_early = state["finished"]
-        confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
-        export(config, files, size, read_best_weights(directory), summary.chosen_epoch)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
-    from pipeline.finetune.curves import plot_curves, write_history
-
+    state = read_state(directory)
+    summary.history, summary.chosen_epoch = state["history"], state["best"]["epoch"]
+    summary.stopped_early = state["finished"]
+    confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
+    if export_model:
+        export(config, files, size, read_best_weights(directory), summary.chosen_epoch, training_record(state))
     write_history(summary.history, config.output, summary.chosen_epoch)
-    plot_curves(summary.history, config.output, f"{spec.name} fine-tuned on {config.data}", summary.chosen_epoch,
-                config.best_by)
+    plot_curves(summary.history, config.output, f"{get_spec(config.base).name} fine-tuned on {config.data}",
+                summary.chosen_epoch, config.best_by)
     write_report(confusion, files.class_names, config.output, summary.chosen_epoch)
     summary.confused = worst_confused(confusion, files.class_names)
+
+
+def training_record(state: dict[str, Any]) -> dict[str, Any]:
+    """What the exported model records of its training: epoch counts asked for, epochs run, every resume."""
+    settings = state.get("settings") or {}
+    return {"epochs": settings.get("epochs"), "fine_tune_epochs": settings.get("fine_tune_epochs"),
+            "epochs_trained": len(state["history"]), "stopped_early": bool(state["finished"]),
+            "resumes": state.get("resumes", [])}
+
+
+def _finish_from_checkpoint(config: FinetuneConfig, files: LabeledFiles, size: int, plan: ResumePlan,
+                            started: float, progress: Callable[[str], None]) -> FinetuneSummary:
+    """A resume with nothing left to train: no Ray, no decoding. The model is exported again only when the
+    one in OUTPUT is not this checkpoint's (a driver killed between the last epoch and the export)."""
+    import tempfile
+
+    from pipeline.finetune.worker import read_state
+    from pipeline.models.artifact import is_artifact, read_meta
+
+    fs, root = storage.filesystem(plan.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="finetune-checkpoint-") as directory:
+        fs.get(root.rstrip("/") + "/", directory, recursive=True)
+        state = read_state(directory)
+        exported = is_artifact(config.output) and _same_export(read_meta(config.output), state)
+        progress(f"the run in OUTPUT finished training at epoch {state['epoch']}"
+                 f"{' (stopped early)' if state['finished'] else ''}: nothing left to train; "
+                 + ("its model is already exported" if exported else "exporting its best epoch"))
+        last = state["history"][-1]
+        summary = FinetuneSummary(files.class_names, int(last["train_images"]), int(last["val_images"]), [], [],
+                                  config.workers, best_by=config.best_by)
+        _finish(config, files, size, directory, summary, export_model=not exported)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _same_export(meta, state: dict[str, Any]) -> bool:
+    return meta.epoch == state["best"]["epoch"] and (meta.training or {}).get("epochs_trained") == len(state["history"])
 
 
 def check_settings(config: FinetuneConfig) -> None:
@@ -240,63 +289,28 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError("--read-retries must be 0 or more rounds")
 
 
-def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> None:
-    """New run: OUTPUT holds none. --overwrite: remove it. --resume: it must be this data with these settings."""
+def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> ResumePlan | None:
+    """New run: OUTPUT holds none. --overwrite: remove it. --resume: it must be this data with these settings,
+    and the plan says how the run goes on (None: no checkpoint yet, start)."""
     run = storage.join(config.output, RUN_NAME)
     if config.overwrite:
         fs, root = storage.filesystem(run)
         if fs.exists(root):
             fs.rm(root, recursive=True)
-        return
+        return None
     if not config.resume:
         if storage.exists(run):
             raise UserError(f"OUTPUT '{config.output}' already holds a fine-tuning run; pass --resume to continue "
                             "it, --overwrite to discard it, or choose another OUTPUT")
-        return
+        return None
     saved = last_checkpoint_state(config.output)
     if saved is None:
-        return  # nothing to resume yet: start
-    check_same_run(saved.get("identity"), identity, config.output)
-
-
-def last_checkpoint_state(output: str) -> dict[str, Any] | None:
-    """state.json of the newest epoch checkpoint in OUTPUT, or None when there is none."""
-    from pipeline.finetune.worker import STATE_FILE
-
-    fs, root = storage.filesystem(storage.join(output, RUN_NAME))
-    try:
-        folders = sorted(p for p in fs.glob(storage.join(root, "epoch_*")) if fs.exists(storage.join(p, STATE_FILE)))
-    except FileNotFoundError:
-        return None
-    if not folders:
-        return None
-    with fs.open(storage.join(folders[-1], STATE_FILE), "r") as f:
-        return json.load(f)
-
-
-def check_same_run(saved: dict[str, Any] | None, current: dict[str, Any], output: str) -> None:
-    """UserError naming what differs between the checkpointed run and this one."""
-    if saved is None:
-        raise UserError(f"the run in OUTPUT '{output}' was checkpointed by an older version that did not record "
-                        "its data and settings; it cannot be resumed safely: use --overwrite or another OUTPUT")
-    differences = []
-    if saved.get("class_names") != current["class_names"]:
-        added = sorted(set(current["class_names"]) - set(saved.get("class_names") or []))
-        gone = sorted(set(saved.get("class_names") or []) - set(current["class_names"]))
-        differences.append(f"class folders (new now: {', '.join(added) or 'none'}; "
-                           f"missing now: {', '.join(gone) or 'none'})")
-    # Checkpoints written before --resize existed were trained on squashed images.
-    for key, name, older in (("base", "--base", None), ("image_size", "--image-size", None),
-                             ("resize", "--resize", "squash")):
-        if saved.get(key, older) != current.get(key, older):
-            differences.append(f"{name} ({saved.get(key, older)} in the checkpoint, {current.get(key, older)} now)")
-    if not differences and saved.get("split_digest") != current["split_digest"]:
-        differences.append("training/validation files (images added, removed or renamed in DATA or --val, "
-                           "or another --val-fraction)")
-    if differences:
-        raise UserError(f"--resume refused: the run in OUTPUT '{output}' was trained with different "
-                        f"{'; '.join(differences)}; resume with the same data and settings, or start over "
-                        "with --overwrite or another OUTPUT")
+        return None  # nothing to resume yet: start
+    folder, state = saved
+    check_same_run(state.get("identity"), identity, config.output)
+    plan = plan_resume(config, state)
+    plan.checkpoint = folder
+    return plan
 
 
 def available_local_cpus() -> int:
@@ -369,8 +383,8 @@ def _run_config(config: FinetuneConfig):
                      storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
 
 
-def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[str, Any], train: DecodedSplit,
-         val: DecodedSplit, progress: Callable[[str], None]) -> str:
+def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[str, Any], plan: ResumePlan | None,
+         train: DecodedSplit, val: DecodedSplit, progress: Callable[[str], None]) -> str:
     """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
     from ray.train import ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -386,7 +400,9 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         "lr_schedule": config.lr_schedule, "dropout": config.dropout, "augment": list(config.augment),
         "cache_features": config.cache_features, "cpus_per_worker": config.cpus_per_worker,
         "monitor": config.best_by, "patience": config.patience, "seed": config.seed,
-        "shuffle_buffer": config.shuffle_buffer, "identity": identity,
+        "shuffle_buffer": config.shuffle_buffer, "identity": identity, "settings": recorded_settings(config),
+        "stage1_end": plan.stage1_end if plan else config.epochs,
+        "resume_changes": plan.changes if plan else {},
         # Ray Train gives each worker an equal shard: count // workers rows
         "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
@@ -453,7 +469,8 @@ def _import_keras() -> None:
         pass
 
 
-def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int) -> None:
+def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int,
+           training: dict[str, Any] | None = None) -> None:
     """Build the plain classifier here, set the chosen epoch's weights, and save the artifact into OUTPUT."""
     from pipeline.finetune.model import build_classifier
     from pipeline.models.artifact import ArtifactMeta, save_artifact
@@ -462,4 +479,4 @@ def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list
                              inference_base=False)
     model.set_weights(weights)
     save_artifact(model, config.output, ArtifactMeta(get_spec(config.base).name, size, list(files.class_names),
-                                                     epoch=epoch, resize=config.resize))
+                                                     epoch=epoch, resize=config.resize, training=training))

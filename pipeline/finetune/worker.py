@@ -104,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     augment = augmentation_layers(tuple(config["augment"]))
 
     state: dict[str, Any] = {"epoch": 0, "stage": 1, "history": [], "best": None, "stale": 0,
-                             "stage1_end": config["epochs"], "finished": False, "identity": config["identity"]}
+                             "stage1_end": config["stage1_end"], "finished": False, "identity": config["identity"]}
     saved_optimizer: dict[str, np.ndarray] | None = None
     best_weights: list[np.ndarray] | None = None
     best_confusion: np.ndarray | None = None
@@ -118,8 +118,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 saved_optimizer = {key: data[key] for key in data.files}
             best_weights = read_best_weights(directory)
             best_confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
+        state["stage1_end"] = config["stage1_end"]  # the driver's plan: a longer stage 1 continues
         resumed = {"after_epoch": state["epoch"], "weights_checksum": weights_checksum(model.get_weights()),
-                   "optimizer_iterations": None}
+                   "optimizer_iterations": None, "changed": config["resume_changes"]}
         log(f"resuming after epoch {state['epoch']} (stage {state['stage']}): weights checksum "
             f"{resumed['weights_checksum']:.6f}")
 
@@ -230,8 +231,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     unfreeze_top(model, config["unfreeze"])
                 optimizer = keras.optimizers.Adam(schedule)
                 optimizer.build(model.trainable_variables)
-            if not fresh_stage:
-                _restore_optimizer(optimizer, saved_optimizer)
+            if not fresh_stage and not _restore_optimizer(optimizer, saved_optimizer):
+                fresh_stage = True
+                log("the checkpoint's optimizer state does not fit this stage's variables: Adam starts afresh")
+            elif not fresh_stage:
                 log(f"optimizer restored at iteration {int(optimizer.iterations.numpy())}")
             if resumed is not None:
                 resumed["optimizer_iterations"] = None if fresh_stage else int(optimizer.iterations.numpy())
@@ -262,6 +265,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state["stale"] += 1
         state["epoch"], state["stage"] = epoch, stage
+        state["settings"] = config["settings"]  # what the next --resume compares (pipeline.finetune.resume)
         state["history"] = state["history"] + [metrics]
         if patience and state["stale"] >= patience:
             if stage == 1 and config["fine_tune_epochs"]:
@@ -316,13 +320,15 @@ def _cache(batches, extract) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels)
 
 
-def _restore_optimizer(optimizer, saved: dict[str, np.ndarray]) -> None:
+def _restore_optimizer(optimizer, saved: dict[str, np.ndarray]) -> bool:
+    """Put the saved Adam state into ``optimizer``; False (nothing changed) when it is another stage's."""
     values = [saved[key] for key in sorted(saved) if key.startswith("v")]
     variables = optimizer.variables
     if len(values) != len(variables) or any(tuple(v.shape) != w.shape for v, w in zip(variables, values)):
-        return  # a different stage's optimizer: start this one fresh
+        return False
     for variable, value in zip(variables, values):
         variable.assign(value)
+    return True
 
 
 def _limit_threads(cpus: float) -> None:

@@ -25,6 +25,18 @@ def mode_from_flags(resume: bool, overwrite: bool) -> str:
                         "--overwrite deletes them; pass one")
     return "resume" if resume else "overwrite" if overwrite else "new"
 
+# What --resume does with each LabelConfig field (tests/test_resume_options.py walks them all).
+# Compared with OUTPUT's manifest (what makes rows comparable): another value is refused, exit 2, named.
+# The own-model fields are compared through the model's identity.
+RESUME_COMPARED = ("model", "weights", "top_k", "resize", "precision", "xla", "embeddings",
+                   "classes", "preprocess", "input_size", "head", "multi_label", "threshold")
+# How the run goes (cluster, sizes, retries, which images): the value given now is used. A SOURCE or
+# --limit other than the recorded listing's is listed afresh.
+RESUME_APPLIES = ("source", "output", "mode", "batch_size", "batches_per_task", "concurrency", "num_gpus",
+                  "cpus_per_decode", "cpus_per_actor", "address", "limit", "rows_per_file", "seconds_per_file",
+                  "storage_options", "read_retries", "verbose", "progress", "max_error_rate", "retry_errors",
+                  "force_unlock", "lease_seconds", "dry_run", "relist")
+
 
 @dataclass
 class LabelConfig:

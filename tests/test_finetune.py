@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,6 +222,7 @@ def test_killed_driver_resumes_at_the_next_epoch(tmp_path):
     assert f"[finetune] resuming after epoch {done}" in console and "[finetune] epoch 6: loss " in console
     for chatter in ("pid=", "INFO:tensorflow", "Execution plan", "PlacementGroupCleaner", "Reporting training result"):
         assert chatter not in console, (chatter, console[-3000:])
+    assert not [line for line in console.splitlines() if re.search(r"absl|cuda|cuInit|E0000|W0000|I0000", line)]
     history = _history(output)
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5, 6]  # none repeated, none missing
     for row, saved in zip(history[:done], before):  # the epochs before the kill were not trained again
@@ -317,3 +319,48 @@ def test_job_entry_point_uses_the_same_parser(tmp_path):
     bad = subprocess.run([sys.executable, "jobs/finetune.py", "a", "b", "--no-such-option"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "No such option" in bad.stderr
+
+
+RAY_ABSENT = """
+import sys
+from pipeline.cli import main
+try:
+    main()
+finally:
+    assert "ray" not in sys.modules, "a finished run's resume started Ray"
+"""
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_continues_and_a_finished_run_returns_without_ray(tmp_path):
+    source = _three_digits(tmp_path, 60)
+    output = tmp_path / "model"
+
+    def command(epochs: int, *extra: str) -> list[str]:
+        return ["finetune", str(source), str(output), "--workers", "1", "--epochs", str(epochs), "--image-size",
+                "32", "--batch-size", "16", "--augment", "none", *extra]
+
+    first = runner.invoke(app, command(1))
+    assert first.exit_code == 0, first.output
+    assert len(_history(output)) == 1
+
+    more = runner.invoke(app, command(2, "--resume"))
+    assert more.exit_code == 0, more.output
+    assert "--epochs 2 (the checkpoint's run had 1): stage 1 continues after epoch 1 to epoch 2" in more.output
+    assert "resuming after epoch 1" in more.output and "2 epochs" in more.output
+    assert [int(row["epoch"]) for row in _history(output)] == [1, 2]
+    meta = json.loads((output / "pipeline_model.json").read_text())
+    assert meta["training"]["epochs"] == 2 and meta["training"]["epochs_trained"] == 2
+    assert meta["training"]["resumes"][0]["changed"] == {"epochs": [1, 2]}
+
+    finished = subprocess.run([sys.executable, "-c", RAY_ABSENT, *command(2, "--resume")], capture_output=True,
+                              text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "nothing left to train; its model is already exported" in finished.stderr
+    assert "2 epochs" in finished.stdout
+
+    fewer = runner.invoke(app, command(1, "--resume"))  # 2 were trained
+    assert fewer.exit_code == 2 and "--epochs 1: " in fewer.output and "pass --epochs 2 or more" in fewer.output
+    other_lr = runner.invoke(app, command(2, "--lr", "0.01", "--resume"))
+    assert other_lr.exit_code == 2 and "--lr 0.001 in the checkpoint, 0.01 now" in other_lr.output
+    assert [int(row["epoch"]) for row in _history(output)] == [1, 2]  # refusals touched nothing

@@ -158,7 +158,7 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         return _finish_from_checkpoint(config, files, size, plan, started, progress)
     progress(f"{len(files.class_names)} classes {files.class_names[:10]}{' ...' if len(files.class_names) > 10 else ''}: "
              f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size} ({config.resize}), "
-             f"{config.workers} worker(s), augmentation: {','.join(config.augment) or 'none'}")
+             f"{plural(config.workers, 'worker')}, augmentation: {','.join(config.augment) or 'none'}")
     import ray
 
     from pipeline.ray_session import quiet_ray_data, ray_session
@@ -407,7 +407,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
         "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
     }
     train_order = epoch_order(train.dataset, config.seed)
-    progress(f"training with {config.workers} Ray Train worker(s); checkpoints in "
+    progress(f"training with {plural(config.workers, 'Ray Train worker')}; checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
     threading.Thread(target=_import_keras, name="import-keras-for-export", daemon=True).start()
     try:

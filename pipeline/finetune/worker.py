@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.progress_relay import say
+from pipeline.plural import plural
 
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -269,10 +269,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"] = state["history"] + [metrics]
         if patience and state["stale"] >= patience:
             if stage == 1 and config["fine_tune_epochs"]:
-                log(f"no better {monitor} for {patience} epoch(s): fine-tuning starts after epoch {epoch}")
+                log(f"no better {monitor} for {plural(patience, 'epoch')}: fine-tuning starts after epoch {epoch}")
                 state["stage1_end"] = epoch
             else:
-                log(f"no better {monitor} for {patience} epoch(s): stopping after epoch {epoch}")
+                log(f"no better {monitor} for {plural(patience, 'epoch')}: stopping after epoch {epoch}")
                 state["finished"] = True
         log("epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} "
             "val_accuracy {val_accuracy:.4f} lr {learning_rate:.2e} ({images_per_second:.1f} images/s)"
@@ -344,5 +344,7 @@ def _limit_threads(cpus: float) -> None:
 
 def _log(rank: int, message: str, relay=None) -> None:
     """Rank 0's progress: to the driver's console through the relay (or stdout without one)."""
+    from pipeline.progress_relay import say  # imports Ray: the driver reads checkpoints with this module without it
+
     if rank == 0:
         say(relay, f"[finetune] {message}")

@@ -44,12 +44,16 @@ def test_classify_unknown_model_suggests(photos):
     assert "did you mean resnet50" in result.output
 
 
-def test_classify_missing_file_is_an_error_row(photos, tmp_path):
-    result = runner.invoke(app, ["classify", str(photos["coffee"]), str(tmp_path / "gone.jpg")])
+def test_classify_refuses_a_missing_file_and_makes_a_broken_one_an_error_row(photos, tmp_path):
+    missing = runner.invoke(app, ["classify", str(photos["coffee"]), str(tmp_path / "gone.jpg")])
+    assert missing.exit_code == 2 and f"not found: {tmp_path / 'gone.jpg'}; nothing was classified" in missing.output
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photos["coffee"].read_bytes()[:200])
+    result = runner.invoke(app, ["classify", str(photos["coffee"]), str(broken)])
     assert result.exit_code == 0
-    assert "espresso" in result.output and "error: not found" in result.output
-    only_missing = runner.invoke(app, ["classify", str(tmp_path / "gone.jpg")])
-    assert only_missing.exit_code == 1
+    assert "espresso" in result.output and "error: " in result.output
+    only_broken = runner.invoke(app, ["classify", str(broken)])
+    assert only_broken.exit_code == 1
 
 
 def test_offline_imagenet_download_exits_2_without_traceback(photos):

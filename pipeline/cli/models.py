@@ -46,7 +46,7 @@ def models_command(
 
 @app.command("classify")
 def classify_command(
-    files: Annotated[list[str], typer.Argument(help="Image files, or a folder, glob or list file of at most 1,000 images; paths or URLs (s3://, gs://, ...).")],
+    files: Annotated[list[str], typer.Argument(metavar="FILE", help="Image files, or a folder, glob or list file of at most 1,000 images; paths or URLs (s3://, gs://, ...).")],
     model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a .keras/.h5/.weights.h5 path or URL.")] = LabelConfig.weights,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to print per image.")] = LabelConfig.top_k,

@@ -19,6 +19,17 @@ def private_cache(tmp_path_factory):
     yield path
 
 
+@pytest.fixture()
+def no_download_env(tmp_path) -> dict[str, str]:
+    """The environment of a process whose weight downloads fail on any machine, with internet or without:
+    an empty Keras cache, and every HTTP(S) request sent to a closed port on loopback as its proxy."""
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "empty_keras_home"), "NO_PROXY": "", "no_proxy": ""}
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        env[name] = closed
+    return env
+
+
 @pytest.fixture(autouse=True)
 def no_storage_options_left_behind():
     """A test that passed --storage-options in this process must not hand its (by then dead) endpoint to the

@@ -56,11 +56,11 @@ def test_classify_refuses_a_missing_file_and_makes_a_broken_one_an_error_row(pho
     assert only_broken.exit_code == 1
 
 
-def test_offline_imagenet_download_exits_2_without_traceback(photos):
+def test_a_failed_imagenet_download_exits_2_without_traceback(photos, no_download_env):
     # A real process, as a user runs it: no traceback, one actionable line, exit code 2.
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "classify", str(photos["chelsea"]), "--model", "mobilenet_v2"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=no_download_env,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

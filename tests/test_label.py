@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -158,7 +160,6 @@ def test_retry_errors_relabels_failed_rows_once_and_max_error_rate_stops_early(p
         (["{photos}", "{tmp}/file.txt/out"], "is not writable"),
         (["{photos}", "{tmp}/out", "--concurrency", "3,1"], "MIN,MAX"),
         (["{photos}", "{tmp}/out", "--storage-options", "[1]"], "--storage-options must be a JSON object"),
-        (["{photos}", "{tmp}/out", "--model", "mobilenet_v2"], "could not download the ImageNet weights"),
     ],
 )
 def test_bad_input_exits_2_before_cluster_work(photo_dir, tmp_path, args, message):
@@ -169,6 +170,14 @@ def test_bad_input_exits_2_before_cluster_work(photo_dir, tmp_path, args, messag
     result = _label(*filled)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_failed_imagenet_download_exits_2_before_cluster_work(photo_dir, tmp_path, no_download_env):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "label", str(photo_dir), str(tmp_path / "out"),
+                           "--model", "mobilenet_v2"], capture_output=True, text=True, timeout=300,
+                          env=no_download_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "could not download the ImageNet weights" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):

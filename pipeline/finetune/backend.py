@@ -9,8 +9,10 @@ that imports no TensorFlow. It does not set ``TF_USE_LEGACY_KERAS``: the workers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -24,10 +26,16 @@ def set_tf_config(worker_addresses: list[str], index: int) -> None:
 
 
 def _worker_address() -> str:
-    from ray._common.network_utils import build_address
-    from ray.train._internal.utils import get_address_and_port
+    """This worker's node IP and a port free on it, as ``host:port`` (``[v6]:port``) for TF_CONFIG.
 
-    return build_address(*get_address_and_port())
+    Public Ray API and the standard library only: what Ray's own TensorFlow backend does, without its
+    internal helpers, so a Ray upgrade that moves them cannot break fine-tuning."""
+    host = ray.util.get_node_ip_address()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
 class _MultiWorkerBackend(Backend):

@@ -387,6 +387,7 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
          train: DecodedSplit, val: DecodedSplit, progress: Callable[[str], None]) -> str:
     """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
     from ray.train import ScalingConfig
+    # Ray Train V2's trainer for a custom backend, at the path Ray documents (its Developer APIs page).
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from pipeline.finetune.backend import MultiWorkerTensorflowConfig

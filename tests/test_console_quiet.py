@@ -79,3 +79,30 @@ def test_a_folder_past_the_classify_limit_points_to_label(tmp_path, photos):
         expand_inputs([str(tmp_path)], max_images=2)
     with pytest.raises(UserError, match="holds no images"):
         expand_inputs([str(tmp_path / "empty")] if (tmp_path / "empty").mkdir() is None else [])
+
+
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+def test_help_names_values_as_click_does_never_by_python_type():
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    commands = [(), *_commands(typer.main.get_command(app))]
+    assert ("submit", "label") in commands and ("jobs", "logs") in commands
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (command, result.output)
+        assert not re.search(r"<(str|int|float|bool|list)[^>]*>", result.output), (command, result.output)
+        assert not re.search(r"Usage: [^\n]*\{", result.output), (command, result.output)
+    label = runner.invoke(app, ["label", "--help"], terminal_width=200).output
+    assert "Usage: pipeline label [OPTIONS] SOURCE OUTPUT" in label
+    assert re.search(r"--top-k +INTEGER \[x>=1\]", label) and re.search(r"--resize +\[squash\|center-crop\]", label)
+    assert re.search(r"--resume +Continue", label)  # a flag takes no value

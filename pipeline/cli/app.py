@@ -9,9 +9,11 @@ from typing import Iterator
 
 import typer
 
+from pipeline.cli.help_format import PlainHelpGroup
 from pipeline.errors import Interrupted, JobFailedError, UserError
 
 app = typer.Typer(
+    cls=PlainHelpGroup,
     name="pipeline",
     help="Label images with Keras classifiers on Ray, fine-tune them, and query the Parquet results.",
     no_args_is_help=True,

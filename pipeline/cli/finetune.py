@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.help_format import PlainHelpCommand
 from pipeline.cli.options import ResizeMode
 from pipeline.console_noise import show_everything
 from pipeline.errors import UserError
@@ -80,7 +81,7 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
     )
 
 
-@app.command("finetune")
+@app.command("finetune", cls=PlainHelpCommand)
 def finetune_command(
     data: Annotated[str, typer.Argument(help="Training images, one subfolder per class (local or fsspec URL).")],
     output: Annotated[str, typer.Argument(help="Folder or URL for checkpoints, history.csv, curves.png and the model.")],

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.help_format import PlainHelpCommand
 from pipeline.cli.model_options import (
     ClassesOption,
     Head,
@@ -79,7 +80,7 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
     )
 
 
-@app.command("label")
+@app.command("label", cls=PlainHelpCommand)
 def label_command(
     context: typer.Context,
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Folder or bucket prefix (recursive), glob, list file (.txt, .csv or .parquet with a 'path' column, or a glob of them), or an S3 Inventory manifest.json; local or fsspec URL.")],
@@ -150,7 +151,7 @@ def label_command(
     typer.echo(summary.line(output))
 
 
-@app.command("show")
+@app.command("show", cls=PlainHelpCommand)
 def show_command(
     output: Annotated[str, typer.Argument(metavar="OUTPUT", help="OUTPUT of a labeling job (folder or URL).")],
     label: Annotated[Optional[str], typer.Option(help="Only rows with this top-1 label.")] = None,

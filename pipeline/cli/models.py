@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.help_format import PlainHelpCommand
 from pipeline.cli.model_options import (
     ClassesOption,
     Head,
@@ -22,7 +23,7 @@ from pipeline.models.registry import DEFAULT_MODEL, REGISTRY, list_models
 from pipeline.models.user_model import ModelSettings
 
 
-@app.command("models")
+@app.command("models", cls=PlainHelpCommand)
 def models_command(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'efficientnet*'.")] = "*",
 ) -> None:
@@ -44,7 +45,7 @@ def models_command(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-@app.command("classify")
+@app.command("classify", cls=PlainHelpCommand)
 def classify_command(
     files: Annotated[list[str], typer.Argument(metavar="FILE", help="Image files, or a folder, glob or list file of at most 1,000 images; paths or URLs (s3://, gs://, ...).")],
     model: Annotated[str, typer.Option(help="Registry name, fine-tuned model folder, or your own .keras / .h5 file or SavedModel folder.")] = LabelConfig.model,

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.help_format import PlainHelpCommand
 from pipeline.plural import plural
 
 
-@app.command("report")
+@app.command("report", cls=PlainHelpCommand)
 def report_command(
     output: Annotated[str, typer.Argument(metavar="OUTPUT", help="OUTPUT of a labeling job (folder or URL).")],
     report: Annotated[str, typer.Argument(metavar="REPORT", help="The HTML file to write (local path or URL).")],

@@ -8,12 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.app import app, user_errors
+from pipeline.cli.help_format import PlainHelpCommand, PlainHelpGroup
 
 submit_app = typer.Typer(
+    cls=PlainHelpGroup,
     help="Run a job on a Ray cluster through the Job Submission API (same arguments as the local command).",
     no_args_is_help=True,
 )
-jobs_app = typer.Typer(help="List, inspect, follow and stop jobs on a Ray cluster.", no_args_is_help=True)
+jobs_app = typer.Typer(cls=PlainHelpGroup, help="List, inspect, follow and stop jobs on a Ray cluster.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(jobs_app, name="jobs")
 
@@ -59,7 +61,7 @@ def _submit(job: str, ctx: typer.Context, address: str, wait: bool, working_dir:
         raise_for_status(job_id, status, cluster.info(job_id).message if status != "SUCCEEDED" else None)
 
 
-@submit_app.command("label", context_settings=PASS_THROUGH)
+@submit_app.command("label", context_settings=PASS_THROUGH, cls=PlainHelpCommand)
 def submit_label(ctx: typer.Context, address: Address, wait: Wait = False, working_dir: WorkingDir = None,
                  runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None,
                  shared_fs: SharedFs = False) -> None:
@@ -72,7 +74,7 @@ def submit_label(ctx: typer.Context, address: Address, wait: Wait = False, worki
     _submit("label", ctx, address, wait, working_dir, runtime_env, env, submission_id, shared_fs)
 
 
-@submit_app.command("finetune", context_settings=PASS_THROUGH)
+@submit_app.command("finetune", context_settings=PASS_THROUGH, cls=PlainHelpCommand)
 def submit_finetune(ctx: typer.Context, address: Address, wait: Wait = False, working_dir: WorkingDir = None,
                     runtime_env: RuntimeEnv = None, env: Env = None, submission_id: SubmissionId = None,
                     shared_fs: SharedFs = False) -> None:
@@ -88,7 +90,7 @@ def _time(millis: Optional[int]) -> str:
     return datetime.fromtimestamp(millis / 1000).strftime("%Y-%m-%d %H:%M:%S") if millis else "-"
 
 
-@jobs_app.command("list")
+@jobs_app.command("list", cls=PlainHelpCommand)
 def jobs_list(address: Address) -> None:
     """Every job the cluster knows, oldest first: id, status, start time, entrypoint."""
     from pipeline.submit import Cluster
@@ -102,7 +104,7 @@ def jobs_list(address: Address) -> None:
         typer.echo(f"{job_id:<30} {job.status.value:<10} {_time(job.start_time)}  {job.entrypoint}")
 
 
-@jobs_app.command("status")
+@jobs_app.command("status", cls=PlainHelpCommand)
 def jobs_status(job_id: Annotated[str, typer.Argument(help="The id printed by 'pipeline submit'.")],
                 address: Address) -> None:
     """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and its message."""
@@ -115,7 +117,7 @@ def jobs_status(job_id: Annotated[str, typer.Argument(help="The id printed by 'p
         typer.echo(first_line(info.message), err=True)
 
 
-@jobs_app.command("logs")
+@jobs_app.command("logs", cls=PlainHelpCommand)
 def jobs_logs(job_id: Annotated[str, typer.Argument(help="The id printed by 'pipeline submit'.")],
               address: Address,
               follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")] = False,
@@ -131,7 +133,7 @@ def jobs_logs(job_id: Annotated[str, typer.Argument(help="The id printed by 'pip
             typer.echo(cluster.logs(job_id), nl=False)
 
 
-@jobs_app.command("stop")
+@jobs_app.command("stop", cls=PlainHelpCommand)
 def jobs_stop(job_id: Annotated[str, typer.Argument(help="The id printed by 'pipeline submit'.")],
               address: Address,
               timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the job to end.")] = 60.0,

@@ -57,7 +57,8 @@ def test_every_finetune_option_reaches_its_setting():
             "--fine-tune-lr-factor", "0.5", "--lr-schedule", "constant", "--dropout", "0.1", "--val-fraction", "0.3",
             "--val", "VAL", "--image-size", "64", "--resize", "center-crop", "--augment", "flip", "--best-by",
             "val_loss", "--patience", "2", "--seed", "7", "--shuffle-buffer", "10", "--overwrite", "--address", "auto",
-            "--cpus-per-worker", "2", "--storage-options", '{"anon": true}', "--read-retries", "1", "--verbose"]
+            "--cpus-per-worker", "2", "--storage-options", '{"anon": true}', "--read-retries", "1", "--verbose",
+            "--path-column", "file", "--label-column", "truth", "--min-score", "0.9"]
     config = finetune_config(**_parsed("finetune", args))
     # --cache-features excludes augmentation and stage 2, --resume excludes --overwrite: checked below
     apart = {"data", "output", "cache_features", "resume"}

@@ -289,7 +289,7 @@ def test_a_single_class_is_refused(two_classes, tmp_path):
     (two_classes / "1").rename(tmp_path / "moved")
     result = _finetune(str(two_classes), str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert "at least two class subfolders" in result.stderr and "only '0'" in result.stderr
+    assert "at least two classes to learn from" in result.stderr and "only '0'" in result.stderr
 
 
 def test_an_empty_class_folder_is_named(two_classes, tmp_path):

@@ -60,7 +60,8 @@ def _checked_mode(ctx: typer.Context, param: typer.CallbackParam, value: bool) -
 
 def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bool, epochs: int,
                     fine_tune_epochs: int, unfreeze: str, batch_size: int, lr: float, fine_tune_lr_factor: float,
-                    lr_schedule: str, dropout: float, val_fraction: float, val: Optional[str],
+                    lr_schedule: str, dropout: float, val_fraction: float, val: Optional[str], path_column: str,
+                    label_column: str, min_score: Optional[float],
                     image_size: Optional[int], resize, augment: str, no_augment: bool, cache_features: bool,
                     best_by: str, patience: int, seed: int, shuffle_buffer: int, resume: bool, overwrite: bool,
                     address: Optional[str], cpus_per_worker: float, storage_options: Optional[str],
@@ -72,7 +73,8 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
         data=data, output=output, base=base, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
         epochs=epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=parse_unfreeze(unfreeze),
         batch_size=batch_size, lr=lr, fine_tune_lr_factor=fine_tune_lr_factor, lr_schedule=lr_schedule,
-        dropout=dropout, val_fraction=val_fraction, val=val, image_size=image_size,
+        dropout=dropout, val_fraction=val_fraction, val=val, path_column=path_column, label_column=label_column,
+        min_score=min_score, image_size=image_size,
         resize=getattr(resize, "value", resize), augment="none" if no_augment else augment,
         cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
         shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
@@ -83,8 +85,8 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
 
 @app.command("finetune", cls=PlainHelpCommand)
 def finetune_command(
-    data: Annotated[str, typer.Argument(help="Training images, one subfolder per class (local or fsspec URL).")],
-    output: Annotated[str, typer.Argument(help="Folder or URL for checkpoints, history.csv, curves.png and the model.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Training images: one subfolder per class, or a labels table (CSV or Parquet with path and label columns; a folder or glob of them; a 'pipeline label' OUTPUT); local or fsspec URL.")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="Folder or URL for checkpoints, history.csv, curves.png and the model.")],
     base: Annotated[str, typer.Option(help="Registry name of the pretrained base (see 'pipeline models').")] = FinetuneConfig.base,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (data-parallel replicas).")] = FinetuneConfig.workers,
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Give each worker one GPU.")] = FinetuneConfig.use_gpu,
@@ -97,7 +99,10 @@ def finetune_command(
     lr_schedule: Annotated[str, typer.Option(help="cosine (warmup, then cosine decay, per stage) or constant.")] = FinetuneConfig.lr_schedule,
     dropout: Annotated[float, typer.Option(help="Dropout before the new dense layer.")] = FinetuneConfig.dropout,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (chosen per file by a hash of its path).")] = FinetuneConfig.val_fraction,
-    val: Annotated[Optional[str], typer.Option(help="Separate validation folder (same class subfolders).")] = FinetuneConfig.val,
+    val: Annotated[Optional[str], typer.Option(help="Separate validation images: a folder with the same class subfolders, or a labels table.")] = FinetuneConfig.val,
+    path_column: Annotated[str, typer.Option(help="Labels tables: the column of image paths (relative paths are relative to the table's folder).")] = FinetuneConfig.path_column,
+    label_column: Annotated[str, typer.Option(help="Labels tables: the column of class names.")] = FinetuneConfig.label_column,
+    min_score: Annotated[Optional[float], typer.Option(help="Labels tables with a score column (a 'pipeline label' OUTPUT): train only on rows scored at least this.")] = FinetuneConfig.min_score,
     image_size: Annotated[Optional[int], typer.Option(help="Train at SxS pixels (default: the base's native size).")] = FinetuneConfig.image_size,
     resize: Annotated[ResizeMode, typer.Option(
         help="squash (the whole image) or center-crop (shorter side fitted, centre kept); recorded in the "

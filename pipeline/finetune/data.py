@@ -25,9 +25,33 @@ MAX_BLOCKS = 4096
 
 @dataclass
 class LabeledFiles:
-    class_names: list[str]  # sorted folder names; index = label
+    class_names: list[str]  # sorted folder names or table labels; index = label
     train: list[tuple[str, int]] = field(default_factory=list)  # (path or URL, label)
     val: list[tuple[str, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a labels table held and left out, for the console
+
+
+@dataclass(frozen=True)
+class LabelsSource:
+    """How to read DATA and --val when they are labels tables (pipeline.finetune.tables)."""
+
+    path_column: str = "path"
+    label_column: str = "label"
+    min_score: float | None = None  # keep only rows a labeling model scored at least this
+
+
+def read_labeled(location: str, source: LabelsSource, what: str = "DATA") -> tuple[dict[str, list[str]], list[str]]:
+    """{class name: sorted image paths} from a labels table or a class-per-folder tree, and notes."""
+    from pipeline.finetune.tables import read_labels_table, table_files
+
+    files = table_files(location, what)
+    if files is None:
+        if source.min_score is not None:
+            raise UserError(f"--min-score keeps the rows a labeling model scored at least S: {what} '{location}' "
+                            "is a folder of class subfolders, not a labels table or a 'pipeline label' OUTPUT")
+        return list_class_folders(location, what), []
+    table = read_labels_table(files, location, source.path_column, source.label_column, source.min_score, what)
+    return table.classes, table.notes(what, location)
 
 
 def list_class_folders(root: str, what: str = "DATA") -> dict[str, list[str]]:
@@ -36,7 +60,8 @@ def list_class_folders(root: str, what: str = "DATA") -> dict[str, list[str]]:
         fs, base = storage.filesystem(root)
         if not fs.isdir(base):
             raise UserError(f"{what} '{root}' does not exist or is not a folder; it should hold one "
-                            "subfolder of images per class (e.g. train/cats, train/dogs)")
+                            "subfolder of images per class (e.g. train/cats, train/dogs), or be a labels "
+                            "table (CSV or Parquet with path and label columns)")
         entries = fs.ls(base, detail=True)
     except UserError:
         raise
@@ -57,8 +82,9 @@ def list_class_folders(root: str, what: str = "DATA") -> dict[str, list[str]]:
 def check_classes(classes: dict[str, list[str]], root: str, what: str = "DATA") -> None:
     if len(classes) < 2:
         found = f"only '{next(iter(classes))}'" if classes else "none"
-        raise UserError(f"{what} '{root}' needs at least two class subfolders to learn from (found {found}); "
-                        "put each class's images in its own subfolder")
+        raise UserError(f"{what} '{root}' needs at least two classes to learn from (found {found}); put each "
+                        "class's images in its own subfolder, or pass a labels table (CSV or Parquet with "
+                        "path and label columns)")
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise UserError(f"class folder(s) {', '.join(repr(n) for n in empty)} in {what} '{root}' hold no images "
@@ -112,18 +138,21 @@ def shuffled(items: list[tuple[str, int]], seed: int) -> list[tuple[str, int]]:
     return [items[i] for i in order]
 
 
-def list_training_files(data: str, val: str | None, val_fraction: float) -> LabeledFiles:
-    """Training and validation files with labels; UserError names what is wrong with the folders."""
-    classes = list_class_folders(data)
+def list_training_files(data: str, val: str | None, val_fraction: float,
+                        source: LabelsSource = LabelsSource()) -> LabeledFiles:
+    """Training and validation files with labels; UserError names what is wrong with the folders or tables."""
+    classes, notes = read_labeled(data, source)
     check_classes(classes, data)
     if val is None:
-        return hash_split(classes, val_fraction)
-    val_classes = list_class_folders(val, what="--val")
+        files = hash_split(classes, val_fraction)
+        files.notes = notes
+        return files
+    val_classes, val_notes = read_labeled(val, source, what="--val")
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
-        raise UserError(f"--val '{val}' has class folder(s) {unknown} that DATA '{data}' lacks")
+        raise UserError(f"--val '{val}' has class(es) {unknown} that DATA '{data}' lacks")
     names = sorted(classes)
-    files = LabeledFiles(names)
+    files = LabeledFiles(names, notes=notes + val_notes)
     files.train = [(p, names.index(n)) for n in names for p in classes[n]]
     files.val = [(p, names.index(n)) for n in names for p in val_classes.get(n, [])]
     if not files.val:

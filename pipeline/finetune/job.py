@@ -25,8 +25,8 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
-from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, decode_split, epoch_order,
-                                    list_training_files, shuffled, split_digest)
+from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource, decode_split,
+                                    epoch_order, list_training_files, shuffled, split_digest)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
                                       recorded_settings)
@@ -45,7 +45,7 @@ LR_SCHEDULES = ("cosine", "constant")
 class FinetuneConfig:
     """What a fine-tuning run is asked to do; it checks itself on construction (UserError, exit 2)."""
 
-    data: str  # class-per-subfolder training images (local or fsspec URL)
+    data: str  # class-per-subfolder training images, or a labels table (CSV/Parquet, a labeling OUTPUT); local or URL
     output: str  # checkpoints, history, curves and the exported model go here
     base: str = DEFAULT_MODEL  # registry name of the pretrained base
     workers: int = 2  # Ray Train workers (data-parallel replicas)
@@ -60,7 +60,10 @@ class FinetuneConfig:
     lr_schedule: str = "cosine"  # cosine: linear warmup, then cosine decay, per stage | constant
     dropout: float = 0.2  # dropout before the new dense layer
     val_fraction: float = 0.2  # hold-out share per class (decided per file by a hash) when no --val folder
-    val: str | None = None  # separate validation folder with the same class subfolders
+    val: str | None = None  # separate validation folder (the same class subfolders) or labels table
+    path_column: str = "path"  # labels tables: the column of image paths (relative ones: to the table's folder)
+    label_column: str = "label"  # labels tables: the column of class names
+    min_score: float | None = None  # labels tables with a score column (a labeling OUTPUT): rows scored at least this
     image_size: int | None = None  # train at this square size (default: the base's native size)
     resize: str = "squash"  # squash | center-crop: how images are fitted to image_size; the export records it
     augment: tuple[str, ...] = DEFAULT_AUGMENT  # random transforms on training batches (never exported)
@@ -148,7 +151,10 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     storage.set_storage_options(config.storage_options)
     spec = get_spec(config.base)
     size = config.image_size or spec.input_size
-    files = list_training_files(config.data, config.val, config.val_fraction)
+    files = list_training_files(config.data, config.val, config.val_fraction,
+                                LabelsSource(config.path_column, config.label_column, config.min_score))
+    for note in files.notes:
+        progress(note)
     identity = {"class_names": files.class_names, "base": spec.name, "image_size": size, "resize": config.resize,
                 "split_digest": split_digest(files)}
     plan = prepare_output(config, identity)
@@ -287,6 +293,10 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError("--storage-options must be a JSON object")
     if config.read_retries < 0:
         raise UserError("--read-retries must be 0 or more rounds")
+    if config.min_score is not None and not 0 <= config.min_score <= 1:
+        raise UserError(f"--min-score {config.min_score:g} should be a score between 0 and 1, e.g. 0.9")
+    if not config.path_column or not config.label_column:
+        raise UserError("--path-column and --label-column need a column name")
 
 
 def prepare_output(config: FinetuneConfig, identity: dict[str, Any]) -> ResumePlan | None:

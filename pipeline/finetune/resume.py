@@ -3,7 +3,8 @@
 Every epoch checkpoint's ``state.json`` records the run's identity (its data, base, image size, resize) and
 its settings (``recorded_settings``). A resume compares them with the options given now, before Ray starts:
 
-- ``IDENTITY``: what the images are. Another value is refused (``check_same_run``).
+- ``IDENTITY``: what the images and their labels are (class names, and a digest of which file is on which
+  side of the split with which label). Another value that changes them is refused (``check_same_run``).
 - ``FIXED``: what the checkpointed weights and Adam state mean (global batch, learning rates, schedule,
   dropout, augmentation, seed, ...). Another value is refused, naming each option and both values: the
   run would silently become a mix of two trainings.
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 RUN_NAME = "checkpoints"  # Ray Train's run folder inside OUTPUT: one subfolder per epoch checkpoint
 
-IDENTITY = ("data", "val", "val_fraction", "base", "image_size", "resize")
+IDENTITY = ("data", "val", "val_fraction", "path_column", "label_column", "min_score", "base", "image_size", "resize")
 FIXED = ("workers", "batch_size", "lr", "fine_tune_lr_factor", "lr_schedule", "dropout", "augment",
          "cache_features", "unfreeze", "best_by", "seed", "shuffle_buffer")
 EPOCH_COUNTS = ("epochs", "fine_tune_epochs")

@@ -1,0 +1,117 @@
+"""DATA as a labels table: CSV and Parquet files, folders and globs of them, and a `pipeline label` OUTPUT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.errors import UserError
+from pipeline.finetune.data import LabelsSource, list_training_files
+
+runner = CliRunner()
+
+
+def _images(folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        Image.fromarray(np.full((8, 8, 3), i * 9 % 255, np.uint8)).save(folder / f"img{i:03d}.png")
+        names.append(f"img{i:03d}.png")
+    return names
+
+
+def test_a_csv_with_relative_paths_and_numeric_labels(tmp_path):
+    names = _images(tmp_path / "images", 12)
+    rows = [{"file": f"images/{n}", "digit": i % 3} for i, n in enumerate(names)]
+    rows += [{"file": "images/img000.png", "digit": 2},  # the same image again: the first label is kept
+             {"file": "images/img001.png", "digit": None}]  # no label
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    files = list_training_files(str(tmp_path / "labels.csv"), None, 0.25, LabelsSource("file", "digit"))
+    assert files.class_names == ["0", "1", "2"]
+    every = sorted(files.train + files.val)
+    assert len(every) == 12 and (str(tmp_path / "images" / "img000.png"), 0) in every
+    assert files.notes == [f"DATA '{tmp_path / 'labels.csv'}': 14 rows in 1 table file, left out: 1 row without a "
+                           "label; 1 row naming an image again"]
+
+
+def test_a_folder_or_glob_of_parquet_tables_with_a_separate_val_table(tmp_path):
+    names = _images(tmp_path / "images", 8)
+    root = str(tmp_path / "images")
+    for part, chunk in enumerate((names[:3], names[3:6])):
+        pd.DataFrame({"path": [f"{root}/{n}" for n in chunk], "label": ["cat", "dog", "cat"]}).to_parquet(
+            tmp_path / f"train-{part}.parquet")
+    pd.DataFrame({"path": [f"{root}/{n}" for n in names[6:]], "label": ["cat", "dog"]}).to_csv(tmp_path / "val.csv")
+    for data in (str(tmp_path / "train-*.parquet"),):
+        files = list_training_files(data, str(tmp_path / "val.csv"), 0.2)
+        assert files.class_names == ["cat", "dog"] and len(files.train) == 6 and len(files.val) == 2
+    (tmp_path / "tables").mkdir()
+    for p in tmp_path.glob("train-*.parquet"):
+        p.rename(tmp_path / "tables" / p.name)
+    assert len(list_training_files(str(tmp_path / "tables"), None, 0.3).train
+               + list_training_files(str(tmp_path / "tables"), None, 0.3).val) == 6
+
+
+def test_a_missing_column_or_a_score_filter_without_scores_is_refused_naming_the_option(tmp_path):
+    pd.DataFrame({"path": ["a.png", "b.png"], "class": ["x", "y"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(UserError, match=r"no 'label' column \(it has: path, class\); name the right one with --label-column"):
+        list_training_files(str(tmp_path / "t.csv"), None, 0.2)
+    with pytest.raises(UserError, match="--min-score needs a 'score' column"):
+        list_training_files(str(tmp_path / "t.csv"), None, 0.2, LabelsSource(label_column="class", min_score=0.5))
+    (tmp_path / "classes" / "x").mkdir(parents=True)
+    with pytest.raises(UserError, match="--min-score keeps the rows a labeling model scored"):
+        list_training_files(str(tmp_path / "classes"), None, 0.2, LabelsSource(min_score=0.5))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file but not a labels table"):
+        list_training_files(str(tmp_path / "notes.txt"), None, 0.2)
+
+
+def _three_digit_images(root: Path, per_class: int) -> list[tuple[str, str]]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    rows = []
+    for digit in range(3):
+        for i in np.flatnonzero(data.target == digit)[:per_class]:
+            path = root / f"{i:04d}.png"  # one flat folder: the labels live only in the table
+            pixels = (data.images[i] / 16.0 * 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").resize((32, 32), Image.Resampling.BILINEAR).save(path)
+            rows.append((path.name, str(digit)))
+    return rows
+
+
+@pytest.mark.slow
+def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output(tmp_path):
+    images = tmp_path / "flat"
+    images.mkdir()
+    rows = _three_digit_images(images, 20)
+    pd.DataFrame(rows, columns=["file", "truth"]).to_csv(images / "labels.csv", index=False)
+    common = ["--workers", "1", "--epochs", "3", "--lr", "3e-3", "--image-size", "32", "--batch-size", "16",
+              "--augment", "none"]
+    first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--path-column",
+                                "file", "--label-column", "truth", *common])
+    assert first.exit_code == 0, first.output
+    assert "60 rows in 1 table file" in first.output
+    assert json.loads((tmp_path / "m1" / "pipeline_model.json").read_text())["class_names"] == ["0", "1", "2"]
+
+    labeled = tmp_path / "labels"
+    result = runner.invoke(app, ["label", str(images), str(labeled), "--model", str(tmp_path / "m1")])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(labeled)
+    threshold = float(frame["score"].median())
+    kept = int((frame["score"] >= threshold).sum())
+    second = runner.invoke(app, ["finetune", str(labeled), str(tmp_path / "m2"), "--min-score", str(threshold),
+                                 *common])
+    if frame[frame["score"] >= threshold]["label"].nunique() < 2:  # a 1-epoch model may call most images one class
+        assert second.exit_code == 2 and "at least two classes" in second.output
+        return
+    assert second.exit_code == 0, second.output
+    assert f"left out: {60 - kept} row" in second.output  # the rows under --min-score, counted
+    history = pd.read_csv(tmp_path / "m2" / "history.csv")
+    assert int(history["train_images"].iloc[0]) + int(history["val_images"].iloc[0]) == kept

@@ -84,7 +84,7 @@ def test_two_workers_learn_digits_and_the_model_labels_held_out_digits(digits, t
     assert f"exported epoch {exported[0]['epoch']} (best val_accuracy)" in summary
     # Data-parallel for real: each epoch every training image went through exactly one of the two
     # workers (equal shards drop at most one), not both.
-    train_images = int(summary.split(" on ")[1].split()[0])
+    train_images = int(summary.split(" on ")[1].split()[0].replace(",", ""))
     assert all(int(row["train_images"]) == train_images - train_images % 2 for row in history)
     assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((output / "pipeline_model.json").read_text())

@@ -4,6 +4,7 @@ from pipeline.cli import label, models  # noqa: F401  (registers commands)
 from pipeline.cli import submit  # noqa: F401
 from pipeline.cli import finetune  # noqa: F401
 from pipeline.cli import report  # noqa: F401
+from pipeline.cli import evaluate  # noqa: F401
 from pipeline.cli.app import app
 
 

@@ -46,10 +46,12 @@ def write_report(confusion: np.ndarray, class_names: list[str], output: str, epo
     writer.writerows(per_class(confusion, class_names))
     fs, root = storage.filesystem(output)
     fs.pipe_file(storage.join(root, PER_CLASS_FILE), text.getvalue().encode("utf-8"))
-    fs.pipe_file(storage.join(root, CONFUSION_FILE), confusion_png(confusion, class_names, epoch))
+    fs.pipe_file(storage.join(root, CONFUSION_FILE),
+                 confusion_png(confusion, class_names, f"validation confusion matrix, epoch {epoch}"))
 
 
-def confusion_png(confusion: np.ndarray, class_names: list[str], epoch: int) -> bytes:
+def confusion_png(confusion: np.ndarray, class_names: list[str], title: str) -> bytes:
+    """The matrix as a PNG (rows: true class), counts written in when it is small; ``title`` on top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +75,7 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], epoch: int) -> 
                     axis.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                               color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     more = f" (first {shown} of {len(class_names)} classes)" if shown < len(class_names) else ""
-    axis.set_title(f"validation confusion matrix, epoch {epoch}{more}")
+    axis.set_title(f"{title}{more}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -50,6 +50,14 @@ def test_scores_against_class_folders_and_counts_what_it_cannot_score(labeled, t
     assert confusion.loc["espresso", rocket] == 1 and confusion.loc["espresso", "espresso"] == 1
     assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
+    # The same numbers from pandas alone: join on the path, score the rows that have both and no error.
+    frame = pd.read_parquet(output)
+    frame["truth"] = [p.rsplit("/", 2)[-2] for p in frame["path"]]
+    scored = frame[frame["error"].isna()]
+    assert metrics["accuracy"] == (scored["label"] == scored["truth"]).mean()
+    recall = scored.assign(right=scored["label"] == scored["truth"]).groupby("truth")["right"].mean()
+    assert per_class["recall"].to_dict() == recall.to_dict()
+
 
 def test_a_labels_table_as_truth_and_two_outputs_side_by_side(labeled, tmp_path):
     tree, output = labeled

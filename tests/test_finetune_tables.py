@@ -117,3 +117,19 @@ def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output
     assert f"left out: {60 - kept} row" in second.output  # the rows under --min-score, counted
     history = pd.read_csv(tmp_path / "m2" / "history.csv")
     assert int(history["train_images"].iloc[0]) + int(history["val_images"].iloc[0]) == kept
+
+
+def test_a_table_on_s3_names_its_images_relative_to_its_own_prefix(s3_behind_proxy):
+    from conftest import BUCKET
+
+    from pipeline import storage
+
+    direct, _, options = s3_behind_proxy
+    prefix = f"{BUCKET}/tables-test"
+    for i in range(6):
+        direct.pipe(f"{prefix}/img/{i}.png", b"x")
+    direct.pipe(f"{prefix}/labels.csv", "path,label\n" + "".join(f"img/{i}.png,{'ab'[i % 2]}\n" for i in range(6)))
+    storage.set_storage_options(options)
+    files = list_training_files(f"s3://{prefix}/labels.csv", None, 0.34)
+    assert files.class_names == ["a", "b"]
+    assert sorted(p for p, _ in files.train + files.val) == [f"s3://{prefix}/img/{i}.png" for i in range(6)]

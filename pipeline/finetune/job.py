@@ -31,8 +31,8 @@ from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
                                       recorded_settings)
 from pipeline.images import RESIZE_MODES
-from pipeline.plural import plural
 from pipeline.models.registry import DEFAULT_MODEL, get_spec
+from pipeline.plural import plural
 
 CHECKPOINTS_KEPT = 2
 

@@ -133,3 +133,37 @@ def test_a_table_on_s3_names_its_images_relative_to_its_own_prefix(s3_behind_pro
     files = list_training_files(f"s3://{prefix}/labels.csv", None, 0.34)
     assert files.class_names == ["a", "b"]
     assert sorted(p for p, _ in files.train + files.val) == [f"s3://{prefix}/img/{i}.png" for i in range(6)]
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_model_as_base_keeps_its_head_for_the_same_classes_and_gets_a_new_one_otherwise(tmp_path):
+    images = tmp_path / "flat"
+    images.mkdir()
+    rows = _three_digit_images(images, 20)
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(images / "labels.csv", index=False)
+    common = ["--workers", "1", "--image-size", "32", "--batch-size", "16", "--augment", "none"]
+    first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--epochs", "3",
+                                "--lr", "3e-3", *common])
+    assert first.exit_code == 0, first.output
+    exported = pd.read_csv(tmp_path / "m1" / "history.csv").query("exported == 1").iloc[0]
+
+    # The same classes, a learning rate too small to move anything: epoch 1 scores what m1 scored.
+    again = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m2"), "--base",
+                                str(tmp_path / "m1"), "--epochs", "1", "--lr", "1e-9", *common])
+    assert again.exit_code == 0, again.output
+    assert "the same 3 classes, so its head is kept" in again.output
+    continued = pd.read_csv(tmp_path / "m2" / "history.csv").iloc[0]
+    assert continued["val_accuracy"] == pytest.approx(exported["val_accuracy"], abs=1e-6)
+    meta = json.loads((tmp_path / "m2" / "pipeline_model.json").read_text())
+    assert meta["training"]["started_from"] == str(tmp_path / "m1") and meta["base"] == "efficientnet_lite0"
+
+    renamed = images / "renamed.csv"
+    pd.DataFrame([(p, f"digit {label}") for p, label in rows], columns=["path", "label"]).to_csv(renamed, index=False)
+    other = runner.invoke(app, ["finetune", str(renamed), str(tmp_path / "m3"), "--base", str(tmp_path / "m1"),
+                                "--epochs", "1", *common])
+    assert other.exit_code == 0, other.output
+    assert "its backbone with a new head for these 3 classes" in other.output
+    assert json.loads((tmp_path / "m3" / "pipeline_model.json").read_text())["class_names"] == [
+        "digit 0", "digit 1", "digit 2"]
+    unknown = runner.invoke(app, ["finetune", str(renamed), str(tmp_path / "m4"), "--base", "resnet5"])
+    assert unknown.exit_code == 2 and "did you mean resnet50" in unknown.output

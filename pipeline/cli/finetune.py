@@ -87,7 +87,7 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
 def finetune_command(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Training images: one subfolder per class, or a labels table (CSV or Parquet with path and label columns; a folder or glob of them; a 'pipeline label' OUTPUT); local or fsspec URL.")],
     output: Annotated[str, typer.Argument(metavar="OUTPUT", help="Folder or URL for checkpoints, history.csv, curves.png and the model.")],
-    base: Annotated[str, typer.Option(help="Registry name of the pretrained base (see 'pipeline models').")] = FinetuneConfig.base,
+    base: Annotated[str, typer.Option(help="Registry name of the pretrained base (see 'pipeline models'), or a folder written by 'pipeline finetune' to train further (same classes: its head is kept; other classes: a new head).")] = FinetuneConfig.base,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (data-parallel replicas).")] = FinetuneConfig.workers,
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Give each worker one GPU.")] = FinetuneConfig.use_gpu,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs training the new head with the base frozen.")] = FinetuneConfig.epochs,

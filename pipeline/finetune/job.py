@@ -25,13 +25,14 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
+from pipeline.finetune.base import TrainingBase, resolve_base
 from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource, decode_split,
                                     epoch_order, list_training_files, shuffled, split_digest)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
                                       recorded_settings)
 from pipeline.images import RESIZE_MODES
-from pipeline.models.registry import DEFAULT_MODEL, get_spec
+from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.plural import plural
 
 CHECKPOINTS_KEPT = 2
@@ -47,7 +48,7 @@ class FinetuneConfig:
 
     data: str  # class-per-subfolder training images, or a labels table (CSV/Parquet, a labeling OUTPUT); local or URL
     output: str  # checkpoints, history, curves and the exported model go here
-    base: str = DEFAULT_MODEL  # registry name of the pretrained base
+    base: str = DEFAULT_MODEL  # registry name of the pretrained base, or a fine-tuned model folder to train further
     workers: int = 2  # Ray Train workers (data-parallel replicas)
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
@@ -149,19 +150,21 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
     """Run the job; UserError (before Ray starts, where possible) for anything the user must fix."""
     started = time.monotonic()
     storage.set_storage_options(config.storage_options)
-    spec = get_spec(config.base)
-    size = config.image_size or spec.input_size
+    base = resolve_base(config.base)
+    size = config.image_size or base.input_size or base.spec.input_size
     files = list_training_files(config.data, config.val, config.val_fraction,
                                 LabelsSource(config.path_column, config.label_column, config.min_score))
     for note in files.notes:
         progress(note)
-    identity = {"class_names": files.class_names, "base": spec.name, "image_size": size, "resize": config.resize,
+    identity = {"class_names": files.class_names, "base": base.identity, "image_size": size, "resize": config.resize,
                 "split_digest": split_digest(files)}
     plan = prepare_output(config, identity)
     for note in plan.notes if plan else ():
         progress(note)
     if plan is not None and plan.finished:
-        return _finish_from_checkpoint(config, files, size, plan, started, progress)
+        return _finish_from_checkpoint(config, base, files, size, plan, started, progress)
+    if base.model is not None:
+        progress(base.describe(files.class_names))
     progress(f"{len(files.class_names)} classes {files.class_names[:10]}{' ...' if len(files.class_names) > 10 else ''}: "
              f"{len(files.train)} training and {len(files.val)} validation images, {size}x{size} ({config.resize}), "
              f"{plural(config.workers, 'worker')}, augmentation: {','.join(config.augment) or 'none'}")
@@ -185,17 +188,17 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         for path, error in summary.skipped[:5]:
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
-        directory = _fit(config, files, size, identity, plan, train, val, progress)
+        directory = _fit(config, base, files, size, identity, plan, train, val, progress)
     try:
-        _finish(config, files, size, directory, summary, export_model=True)
+        _finish(config, base, files, size, directory, summary, export_model=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # a local copy of the last checkpoint
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _finish(config: FinetuneConfig, files: LabeledFiles, size: int, directory: str, summary: FinetuneSummary,
-            export_model: bool) -> None:
+def _finish(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: int, directory: str,
+            summary: FinetuneSummary, export_model: bool) -> None:
     """From the last checkpoint (a local folder): the exported model, history.csv, curves.png, the report."""
     from pipeline.finetune.curves import plot_curves, write_history
     from pipeline.finetune.report import worst_confused, write_report
@@ -206,24 +209,27 @@ def _finish(config: FinetuneConfig, files: LabeledFiles, size: int, directory: s
     summary.stopped_early = state["finished"]
     confusion = np.load(os.path.join(directory, BEST_CONFUSION_FILE))
     if export_model:
-        export(config, files, size, read_best_weights(directory), summary.chosen_epoch, training_record(state))
+        export(config, base, files, size, read_best_weights(directory), summary.chosen_epoch,
+               training_record(state, base))
     write_history(summary.history, config.output, summary.chosen_epoch)
-    plot_curves(summary.history, config.output, f"{get_spec(config.base).name} fine-tuned on {config.data}",
+    plot_curves(summary.history, config.output, f"{base.identity} fine-tuned on {config.data}",
                 summary.chosen_epoch, config.best_by)
     write_report(confusion, files.class_names, config.output, summary.chosen_epoch)
     summary.confused = worst_confused(confusion, files.class_names)
 
 
-def training_record(state: dict[str, Any]) -> dict[str, Any]:
-    """What the exported model records of its training: epoch counts asked for, epochs run, every resume."""
+def training_record(state: dict[str, Any], base: TrainingBase) -> dict[str, Any]:
+    """What the exported model records of its training: what it started from, epoch counts asked for, epochs
+    run, every resume."""
     settings = state.get("settings") or {}
-    return {"epochs": settings.get("epochs"), "fine_tune_epochs": settings.get("fine_tune_epochs"),
+    return {"started_from": base.model or f"{base.spec.name} (ImageNet weights)",
+            "epochs": settings.get("epochs"), "fine_tune_epochs": settings.get("fine_tune_epochs"),
             "epochs_trained": len(state["history"]), "stopped_early": bool(state["finished"]),
             "resumes": state.get("resumes", [])}
 
 
-def _finish_from_checkpoint(config: FinetuneConfig, files: LabeledFiles, size: int, plan: ResumePlan,
-                            started: float, progress: Callable[[str], None]) -> FinetuneSummary:
+def _finish_from_checkpoint(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: int,
+                            plan: ResumePlan, started: float, progress: Callable[[str], None]) -> FinetuneSummary:
     """A resume with nothing left to train: no Ray, no decoding. The model is exported again only when the
     one in OUTPUT is not this checkpoint's (a driver killed between the last epoch and the export)."""
     import tempfile
@@ -242,7 +248,7 @@ def _finish_from_checkpoint(config: FinetuneConfig, files: LabeledFiles, size: i
         last = state["history"][-1]
         summary = FinetuneSummary(files.class_names, int(last["train_images"]), int(last["val_images"]), [], [],
                                   config.workers, best_by=config.best_by)
-        _finish(config, files, size, directory, summary, export_model=not exported)
+        _finish(config, base, files, size, directory, summary, export_model=not exported)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -393,8 +399,8 @@ def _run_config(config: FinetuneConfig):
                      storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
 
 
-def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[str, Any], plan: ResumePlan | None,
-         train: DecodedSplit, val: DecodedSplit, progress: Callable[[str], None]) -> str:
+def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: int, identity: dict[str, Any],
+         plan: ResumePlan | None, train: DecodedSplit, val: DecodedSplit, progress: Callable[[str], None]) -> str:
     """Train; return a local folder holding the last checkpoint (weights, best weights, state)."""
     from ray.train import ScalingConfig
     # Ray Train V2's trainer for a custom backend, at the path Ray documents (its Developer APIs page).
@@ -405,7 +411,8 @@ def _fit(config: FinetuneConfig, files: LabeledFiles, size: int, identity: dict[
     from pipeline.finetune.worker import train_loop_per_worker
 
     loop_config = {
-        "base": config.base, "image_size": size, "num_classes": len(files.class_names),
+        "base": base.spec.name, "start_from": base.model, "keep_head": base.keeps_head(files.class_names),
+        "storage_options": config.storage_options, "image_size": size, "num_classes": len(files.class_names),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs, "unfreeze": config.unfreeze,
         "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": config.fine_tune_lr_factor,
         "lr_schedule": config.lr_schedule, "dropout": config.dropout, "augment": list(config.augment),
@@ -480,14 +487,14 @@ def _import_keras() -> None:
         pass
 
 
-def export(config: FinetuneConfig, files: LabeledFiles, size: int, weights: list[np.ndarray], epoch: int,
-           training: dict[str, Any] | None = None) -> None:
+def export(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: int, weights: list[np.ndarray],
+           epoch: int, training: dict[str, Any] | None = None) -> None:
     """Build the plain classifier here, set the chosen epoch's weights, and save the artifact into OUTPUT."""
     from pipeline.finetune.model import build_classifier
     from pipeline.models.artifact import ArtifactMeta, save_artifact
 
-    model = build_classifier(config.base, size, len(files.class_names), weights=None, dropout=config.dropout,
+    model = build_classifier(base.spec.name, size, len(files.class_names), weights=None, dropout=config.dropout,
                              inference_base=False)
     model.set_weights(weights)
-    save_artifact(model, config.output, ArtifactMeta(get_spec(config.base).name, size, list(files.class_names),
+    save_artifact(model, config.output, ArtifactMeta(base.spec.name, size, list(files.class_names),
                                                      epoch=epoch, resize=config.resize, training=training))

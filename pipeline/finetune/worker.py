@@ -99,7 +99,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     keras.utils.set_random_seed(config["seed"])  # the same new head on every worker
     with strategy.scope():
-        model = build_classifier(config["base"], size, num_classes, dropout=config["dropout"])
+        model = build_classifier(config["base"], size, num_classes, dropout=config["dropout"],
+                                 weights=None if config["start_from"] else "imagenet")
+    checkpoint = ray.train.get_checkpoint()
+    if config["start_from"] and checkpoint is None:
+        _start_from(model, config["start_from"], config["keep_head"], config["storage_options"])
     keras.utils.set_random_seed(config["seed"] * 1000 + rank + 1)  # own dropout / augmentation draws
     augment = augmentation_layers(tuple(config["augment"]))
 
@@ -109,7 +113,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best_weights: list[np.ndarray] | None = None
     best_confusion: np.ndarray | None = None
     resumed: dict[str, Any] | None = None  # what was restored, from the live variables: kept in the state
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = read_state(directory)
@@ -318,6 +321,18 @@ def _cache(batches, extract) -> tuple[np.ndarray, np.ndarray]:
         features.append(extract(images).numpy())
         labels.append(batch_labels)
     return np.concatenate(features), np.concatenate(labels)
+
+
+def _start_from(model, location: str, keep_head: bool, storage_options: dict[str, Any]) -> None:
+    """Set ``model``'s weights from the fine-tuned model at ``location`` (same backbone and layer order):
+    all of them when the classes are the same, else all but the new head's kernel and bias."""
+    from pipeline import storage
+    from pipeline.models.artifact import load_artifact_model
+
+    if storage_options:
+        storage.set_storage_options(storage_options)
+    start, current = load_artifact_model(location).get_weights(), model.get_weights()
+    model.set_weights(start if keep_head else start[:-2] + current[-2:])
 
 
 def _restore_optimizer(optimizer, saved: dict[str, np.ndarray]) -> bool:

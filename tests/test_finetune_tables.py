@@ -86,12 +86,18 @@ def _three_digit_images(root: Path, per_class: int) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.mark.slow
-def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output(tmp_path):
+def _flat_digits_table(tmp_path: Path, path_column: str, label_column: str) -> tuple[Path, list[tuple[str, str]]]:
+    """60 digits in one flat folder, with their labels in labels.csv beside them."""
     images = tmp_path / "flat"
     images.mkdir()
     rows = _three_digit_images(images, 20)
-    pd.DataFrame(rows, columns=["file", "truth"]).to_csv(images / "labels.csv", index=False)
+    pd.DataFrame(rows, columns=[path_column, label_column]).to_csv(images / "labels.csv", index=False)
+    return images, rows
+
+
+@pytest.mark.slow
+def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output(tmp_path):
+    images, _ = _flat_digits_table(tmp_path, "file", "truth")
     common = ["--workers", "1", "--epochs", "3", "--lr", "3e-3", "--image-size", "32", "--batch-size", "16",
               "--augment", "none"]
     first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--path-column",
@@ -137,10 +143,7 @@ def test_a_table_on_s3_names_its_images_relative_to_its_own_prefix(s3_behind_pro
 
 @pytest.mark.slow
 def test_a_fine_tuned_model_as_base_keeps_its_head_for_the_same_classes_and_gets_a_new_one_otherwise(tmp_path):
-    images = tmp_path / "flat"
-    images.mkdir()
-    rows = _three_digit_images(images, 20)
-    pd.DataFrame(rows, columns=["path", "label"]).to_csv(images / "labels.csv", index=False)
+    images, rows = _flat_digits_table(tmp_path, "path", "label")
     common = ["--workers", "1", "--image-size", "32", "--batch-size", "16", "--augment", "none"]
     first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--epochs", "3",
                                 "--lr", "3e-3", *common])

@@ -23,6 +23,7 @@ def main() -> None:
 
     from pipeline.label.config import LabelConfig
     from pipeline.label.job import label_dataset, path_blocks
+    from pipeline.models.resolved import resolve_model
     from pipeline.ray_session import ray_session
 
     paths = [f"s3://bucket/photos/dir{i % 100}/image-{i:08d}.jpg" for i in range(args.paths)]
@@ -31,7 +32,7 @@ def main() -> None:
     with ray_session(None):
         for round_ in range(args.repeat):
             start = time.perf_counter()
-            label_dataset(config, paths, 224)
+            label_dataset(config, paths, resolve_model(config.model))
             ours = time.perf_counter() - start
             start = time.perf_counter()
             ray.data.from_arrow(blocks)

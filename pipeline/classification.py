@@ -73,6 +73,57 @@ def expand_inputs(paths: Iterable[str], retries: int = LabelConfig.read_retries,
     return images
 
 
+class Classifier:
+    """One model loaded once, for classifying many times in this process (a notebook, a service).
+
+    The defaults are a labeling job's (LabelConfig), so a check here shows what ``pipeline label`` stores.
+    ``settings`` describe a model file the user trained (class names, preprocessing, head, multi-label).
+    """
+
+    def __init__(self, model: str = LabelConfig.model, top_k: int = LabelConfig.top_k,
+                 weights: str = LabelConfig.weights, batch_size: int = LabelConfig.batch_size,
+                 settings: ModelSettings | None = None, retries: int = LabelConfig.read_retries,
+                 progress: Callable[[str], None] = lambda line: None):
+        self.retries = retries
+        self.compiled = CompiledClassifier(load_model(model, weights, settings), top_k=top_k, batch_size=batch_size)
+        for note in self.compiled.loaded.notes:
+            progress(note)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.compiled.loaded.class_names)
+
+    def __call__(self, images: Iterable[str | bytes]) -> list[Prediction]:
+        return self.classify(images)
+
+    def classify(self, images: Iterable[str | bytes]) -> list[Prediction]:
+        """Classify paths, URLs or raw bytes; one Prediction per input, in order.
+
+        A batch's files are read concurrently; a read that keeps failing after ``retries`` rounds (throttling,
+        timeouts) is a result with ``error`` set, like a missing or broken file.
+        """
+        items = list(images)
+        loaded, batch_size = self.compiled.loaded, self.compiled.batch_size
+        results: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            fetched = fetch_and_decode(chunk, loaded.input_size, loaded.resize_mode, self.retries)
+            chunk_results = [Prediction(item if isinstance(item, str) else f"<bytes #{start + offset}>",
+                                        error=error or None)
+                             for offset, (item, error) in enumerate(zip(chunk, fetched.errors))]
+            results.extend(chunk_results)
+            decoded = np.array([p.error is None for p in chunk_results], bool)
+            batch = [p for p in chunk_results if p.error is None]
+            if batch:
+                top = self.compiled.predict(fetched.images[decoded])
+                rows = zip(batch, top.ids, top.scores, top.kept, self.compiled.names(top.ids))
+                for prediction, ids, scores, kept, names in rows:
+                    prediction.ids = [int(i) for i in ids[:kept]]
+                    prediction.scores = [float(s) for s in scores[:kept]]
+                    prediction.labels = names[:kept]
+        return results
+
+
 def classify(
     images: Iterable[str | bytes],
     model: str = LabelConfig.model,
@@ -83,34 +134,6 @@ def classify(
     progress: Callable[[str], None] = lambda line: None,
     retries: int = LabelConfig.read_retries,
 ) -> list[Prediction]:
-    """Classify paths, URLs or raw bytes; one Prediction per input, in order.
-
-    The defaults are a labeling job's (LabelConfig), so a check here shows what ``pipeline label`` stores.
-
-    ``settings`` describe a model file the user trained (class names, preprocessing, head, multi-label).
-    A batch's files are read concurrently; a read that keeps failing after ``retries`` rounds (throttling,
-    timeouts) is a result with ``error`` set, like a missing or broken file.
-    """
-    items = list(images)
-    classifier = CompiledClassifier(load_model(model, weights, settings), top_k=top_k, batch_size=batch_size)
-    for note in classifier.loaded.notes:
-        progress(note)
-    size = classifier.loaded.input_size
-    results: list[Prediction] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        fetched = fetch_and_decode(chunk, size, classifier.loaded.resize_mode, retries)
-        chunk_results = [Prediction(item if isinstance(item, str) else f"<bytes #{start + offset}>",
-                                    error=error or None)
-                         for offset, (item, error) in enumerate(zip(chunk, fetched.errors))]
-        results.extend(chunk_results)
-        decoded = np.array([p.error is None for p in chunk_results], bool)
-        batch = [p for p in chunk_results if p.error is None]
-        if batch:
-            top = classifier.predict(fetched.images[decoded])
-            rows = zip(batch, top.ids, top.scores, top.kept, classifier.names(top.ids))
-            for prediction, ids, scores, kept, names in rows:
-                prediction.ids = [int(i) for i in ids[:kept]]
-                prediction.scores = [float(s) for s in scores[:kept]]
-                prediction.labels = names[:kept]
-    return results
+    """Classify paths, URLs or raw bytes with a model loaded for this call; one Prediction per input, in order.
+    To classify many times, load once: ``Classifier(model, ...)``."""
+    return Classifier(model, top_k, weights, batch_size, settings, retries, progress).classify(images)

@@ -33,11 +33,19 @@ DEFAULT_MAX_PIXELS = 178_956_970
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
-# One image is decoded at a time per thread that calls us, and jobs get their parallelism from Ray's
-# tasks. OpenCV's own pool splits each 448x448 resize over every core and spins while it waits: on 2
-# cores that took 2.5-2.7 core-ms an image against 1.6-1.8 on one thread, for no less wall time, CPU
-# the predictors then lack. This is the process's OpenCV setting, like Pillow's above.
-cv2.setNumThreads(1)
+
+
+def use_one_opencv_thread() -> None:
+    """For a decode worker of ours (a Ray task's process), never the user's own process: OpenCV resizes on
+    the calling thread only.
+
+    One image is decoded at a time per thread that calls us, and jobs get their parallelism from Ray's
+    tasks. OpenCV's own pool splits each 448x448 resize over every core and spins while it waits: on 2
+    cores that took 2.5-2.7 core-ms an image against 1.6-1.8 on one thread, for no less wall time, CPU
+    the predictors then lack.
+    """
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 class ImageError(Exception):

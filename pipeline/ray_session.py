@@ -28,7 +28,8 @@ def local_ray_system_config() -> dict[str, int]:
 
 
 def quiet_ray_data(verbose: bool) -> None:
-    """Ray Data's per-operator progress bars and execution logs in this process, only with --verbose."""
+    """Ray Data's per-operator progress bars and execution logs in this process, only with --verbose (for the
+    length of the job's ``ray_session``)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
@@ -58,9 +59,37 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     """
     import ray
 
-    if ray.is_initialized():
+    with job_data_context():
+        if ray.is_initialized():
+            yield
+            return
+        with _connected(address, verbose):
+            yield
+
+
+@contextlib.contextmanager
+def job_data_context() -> Iterator[None]:
+    """Ray Data settings a job changes in this process (progress bars, execution logs, the object-store cap of
+    ``bound_decoded_backlog``) are put back when it ends: a notebook's own Datasets run as before."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    options = context.execution_options
+    saved = (context.enable_progress_bars, context.print_on_execution_start, options.resource_limits,
+             logging.getLogger("ray.data").level)
+    try:
         yield
-        return
+    finally:
+        context = DataContext.get_current()
+        (context.enable_progress_bars, context.print_on_execution_start, context.execution_options.resource_limits,
+         level) = saved
+        logging.getLogger("ray.data").setLevel(level)
+
+
+@contextlib.contextmanager
+def _connected(address: str | None, verbose: bool) -> Iterator[None]:
+    import ray
+
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     local = {"_system_config": local_ray_system_config()} if address == "local" else {}
     try:

@@ -1,8 +1,9 @@
 """The settings TensorFlow reads once, when it loads, for every process of ours: set before ``import tensorflow``.
 
-``import pipeline`` applies the defaults, so the CLI, ``pipeline.classify`` in a notebook (imported before
-TensorFlow) and every Ray worker that unpickles our code get them. A value already in the environment (the
-user's shell, a job's runtime env, a pod spec) wins: they are defaults, never forced.
+The ``pipeline`` command applies the defaults when it starts (so does the local Ray it starts, which inherits
+them), and every predictor actor and fine-tuning worker applies them before it imports TensorFlow, on any
+cluster. A user's own process (a notebook calling ``pipeline.Classifier``) is left as it is. A value already
+in the environment (the user's shell, a job's runtime env, a pod spec) wins: they are defaults, never forced.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def import_tensorflow_for_worker() -> ModuleType:
     Never call this for ``pipeline.classify``: that runs in the user's own process, where keras.wrappers
     may be in use. Once Keras is loaded, this is a plain import.
     """
+    apply_tensorflow_defaults()  # a worker of ours, on any node: before TensorFlow reads them
     hidden = [] if "keras" in sys.modules else [name for name in KERAS_EXTRAS_WORKERS_SKIP if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError

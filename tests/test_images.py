@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 
@@ -267,15 +266,3 @@ def test_center_crop_keeps_the_centre_and_squash_keeps_everything(fmt):
     assert tall.shape == (32, 48, 3) and tall[..., 1].mean() > 240
     with pytest.raises(ValueError, match="not one of squash, center-crop"):
         decode_image(data, (64, 64), resize_mode="stretch")
-
-
-def test_importing_the_decoder_keeps_opencv_to_one_thread():
-    """OpenCV's pool would spend a core-ms an image more, on cores the predictors need."""
-    import subprocess
-    import sys
-
-    code = "import cv2; n = cv2.getNumThreads(); import pipeline.images; print(n, cv2.getNumThreads())"
-    before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                   check=True).stdout.split()
-    assert int(before) > 1 or (os.cpu_count() or 1) == 1
-    assert after == "1"

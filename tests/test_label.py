@@ -202,11 +202,12 @@ def test_results_stream_back_one_task_at_a_time(photo_dir, tmp_path):
     9 images in tasks of 4 come back as 4, 4 and 1 rows (evenly split blocks of 3 were bundled in twos)."""
     from pipeline.label.config import LabelConfig
     from pipeline.label.job import _prediction_stream, path_blocks
+    from pipeline.models.resolved import resolve_model
 
     assert [len(b) for b in path_blocks([str(i) for i in range(9)], 4)] == [4, 4, 1]
     paths = sorted(str(p) for p in photo_dir.iterdir())
     todo = (paths * 3)[:9]
     config = LabelConfig(source=str(photo_dir), output=str(tmp_path / "out"), weights="none", batch_size=2,
                          batches_per_task=2, concurrency=(1, 1), progress=False)
-    sizes = [table.num_rows for table in _prediction_stream(config, todo, 224)]
+    sizes = [table.num_rows for table in _prediction_stream(config, todo, resolve_model(config.model))]
     assert sorted(sizes) == [1, 4, 4]

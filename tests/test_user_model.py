@@ -177,9 +177,9 @@ def test_multi_label_and_logits_rows_fit_the_same_schema(photos, tmp_path):
     assert [r["label"] for r in rows[:3]] == ["class_0", "class_1", "class_2"]
     for row in rows:
         assert sum(row["top_scores"]) == pytest.approx(1.0, abs=1e-5)
-    from pipeline.models.loading import model_identity
+    from pipeline.models.resolved import resolve_model
 
-    remote, local = (model_identity(where, settings=ModelSettings(None, "none"))
+    remote, local = (resolve_model(where, settings=ModelSettings(None, "none")).identity
                      for where in ("memory://logits", str(tmp_path / "logits_savedmodel")))
     assert remote["kind"] == "saved_model" and remote["head"] == "logits" and len(remote["sha256"]) == 64
     assert remote["sha256"] == local["sha256"]  # the same bytes, wherever they are
@@ -298,17 +298,17 @@ def test_missing_preprocess_is_asked_for(mistakes, photo_dir, tmp_path):
 
 
 def test_model_identity_names_the_bytes_and_the_settings(mistakes):
-    from pipeline.models.loading import model_identity
+    from pipeline.models.resolved import resolve_model
     from pipeline.models.user_model import ModelSettings
 
     path = str(mistakes / "binary.keras")
     settings = ModelSettings(("cats", "dogs"), "rescale")
-    identity = model_identity(path, settings=settings)
+    identity = resolve_model(path, settings=settings).identity
     assert identity == {
         "kind": "keras", "model": path, "sha256": hashlib.sha256((mistakes / "binary.keras").read_bytes()).hexdigest(),
         "preprocess": "rescale", "classes": ["cats", "dogs"], "head": "sigmoid", "input_size": TINY_SIZE,
         "multi_label": False, "threshold": None,
     }
-    assert model_identity(path, settings=ModelSettings(("cats", "dogs"), "tf")) != identity
-    assert model_identity("efficientnet_lite0") == {"kind": "registry", "model": "efficientnet_lite0",
+    assert resolve_model(path, settings=ModelSettings(("cats", "dogs"), "tf")).identity != identity
+    assert resolve_model("efficientnet_lite0").identity == {"kind": "registry", "model": "efficientnet_lite0",
                                                     "weights": "imagenet", "input_size": 224}

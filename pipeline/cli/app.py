@@ -22,6 +22,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def in_a_process_of_ours() -> None:
+    # Every command runs in a process of its own (a shell's, a Ray job's): TensorFlow's defaults apply to it
+    # and to the local Ray it may start, before anything imports TensorFlow.
+    from pipeline.tensorflow_env import apply_tensorflow_defaults
+
+    apply_tensorflow_defaults()
+
+
 @contextlib.contextmanager
 def user_errors(context: typer.Context | None = None) -> Iterator[None]:
     """Print UserError/JobFailedError as one line on stderr and exit 2/1; an Interrupted job's line ends with

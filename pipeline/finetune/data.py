@@ -16,6 +16,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.fetch import DEFAULT_RETRIES, fetch_and_decode
+from pipeline.images import use_one_opencv_thread
 from pipeline.images import is_image_path
 
 SHUFFLE_SEED = 1234  # default seed of the training order (--seed)
@@ -177,6 +178,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[
     """Ray Data batch function: paths -> uint8 images (as labeling fits them: ``resize_mode``), fetched
     concurrently as labeling fetches them; ``error`` set for an image that cannot be used, ``transient``
     for one whose reads kept failing for a reason that may pass (throttling, 5xx, timeouts)."""
+    use_one_opencv_thread()
     if storage_options:
         storage.set_storage_options(storage_options)
     fetched = fetch_and_decode([str(p) for p in batch["path"]], size, resize_mode, retries)

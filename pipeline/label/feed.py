@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.fetch import DEFAULT_RETRIES, READS_IN_FLIGHT, fetch_and_decode
+from pipeline.images import use_one_opencv_thread
 
 WORKER_BASELINE_BYTES = 128 * 2**20  # a decode worker process before any image: Python, numpy, OpenCV, Arrow
 
@@ -26,6 +27,7 @@ def decode_task_memory(task_size: int, size: int) -> int:
 def read_and_decode(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any],
                     retries: int = DEFAULT_RETRIES, resize_mode: str = "squash") -> dict[str, np.ndarray]:
     """CPU task: fetch and decode every path of ``batch``; per-row ``error`` text and ``transient`` flag."""
+    use_one_opencv_thread()
     storage.set_storage_options(storage_options)
     paths = [str(p) for p in batch["path"]]
     fetched = fetch_and_decode(paths, size, resize_mode, retries)

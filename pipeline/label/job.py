@@ -30,14 +30,13 @@ from pipeline.label.lease import Lease
 from pipeline.label.listing_record import ListingRecorder, read_record
 from pipeline.label.manifest import RunManifest, read_manifest
 from pipeline.label.output import PartWriter, check_writable, prepare_output, scan_parts
-from pipeline.label.predictor import Predictor, model_input_size
+from pipeline.label.predictor import Predictor
 from pipeline.label.progress import Progress
 from pipeline.label.todo import TodoFeed
 from pipeline.listing import open_listing
 from pipeline.plural import plural
 from pipeline.results import part_files
-from pipeline.models.loading import (check_embeddings, check_model, model_identity, model_kind,
-                                     model_resize_mode)
+from pipeline.models.resolved import ResolvedModel, resolve_model
 from pipeline.models.shipping import ship
 from pipeline.ray_session import quiet_ray_data, ray_session
 
@@ -54,16 +53,16 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     config.validate()
     storage.set_storage_options(config.storage_options)
     Lease.refuse_if_held(config.output, config.force_unlock)  # a busy OUTPUT: refused before anything else
-    for note in check_model(config.model, config.weights, config.model_settings):
+    model = resolve_model(config.model, config.weights, config.model_settings)  # the one look at the model
+    for note in model.notes:
         progress(note)
     if config.embeddings:
-        check_embeddings(config.model, config.weights, config.model_settings)
-    config = dataclasses.replace(config, resize=_resize_mode(config, progress))
-    size = model_input_size(config.model, config.model_settings)
-    wanted = RunManifest(model=_model_identity(config.model), weights=config.weights, top_k=config.top_k,
-                         input_size=size, source=config.source, precision=config.precision, xla=config.xla,
-                         resize_mode=config.resize, embeddings=config.embeddings,
-                         model_identity=model_identity(config.model, config.weights, config.model_settings))
+        model.require_features()
+    config = dataclasses.replace(config, resize=_resize_mode(config, model, progress))
+    wanted = RunManifest(model=model.name, weights=config.weights, top_k=config.top_k,
+                         input_size=model.input_size, source=config.source, precision=config.precision,
+                         xla=config.xla, resize_mode=config.resize, embeddings=config.embeddings,
+                         model_identity=model.identity)
     if config.dry_run:
         return dry_run(config, wanted, started, progress)
     check_writable(config.output, config.read_retries)
@@ -80,7 +79,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
             # still running after a second starts Ray meanwhile, as the job will most likely need it.
             try:
                 told = (feed.wait_for_work(timeout=1.0)
-                        and _run_on_ray(config, feed, size, summary, writer, started, progress))
+                        and _run_on_ray(config, feed, model, summary, writer, started, progress))
                 feed.wait_for_work()  # the listing's own error, if it failed after the last wave
             except KeyboardInterrupt:  # while listing, before Ray: nothing of this run is committed
                 raise _interrupted(writer.rows_committed, feed, summary) from None
@@ -156,23 +155,14 @@ def dry_run(config: LabelConfig, wanted: RunManifest, started: float,
     return summary
 
 
-def _resize_mode(config: LabelConfig, progress: Callable[[str], None]) -> str:
+def _resize_mode(config: LabelConfig, model: ResolvedModel, progress: Callable[[str], None]) -> str:
     """--resize as given, else the model's own: a fine-tuned model is labeled the way it was trained."""
-    own = model_resize_mode(config.model)
     if config.resize is None:
-        return own
-    if config.resize != own and model_kind(config.model) == "artifact":
-        progress(f"--resize {config.resize}: '{config.model}' was fine-tuned with --resize {own}; labeling with "
-                 f"{config.resize} as asked (the manifest records it)")
+        return model.resize_mode
+    if config.resize != model.resize_mode and model.kind == "artifact":
+        progress(f"--resize {config.resize}: '{config.model}' was fine-tuned with --resize {model.resize_mode}; "
+                 f"labeling with {config.resize} as asked (the manifest records it)")
     return config.resize
-
-
-def _model_identity(model: str) -> str:
-    """The registry's own spelling of a name (EfficientNet-Lite0 -> efficientnet_lite0), else the location."""
-    from pipeline.models.loading import resolve_spec
-
-    spec = resolve_spec(model)
-    return spec.name if spec is not None else model
 
 
 def _error_rate_exceeded(config: LabelConfig, summary: LabelSummary, todo: int, table: pa.Table) -> str | None:
@@ -198,7 +188,7 @@ FIRST_WAVE_PATHS = 131_072
 WAVE_PATHS = 1_000_000
 
 
-def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSummary,
+def _run_on_ray(config: LabelConfig, feed: TodoFeed, model: ResolvedModel, summary: LabelSummary,
                 writer: PartWriter, started: float, progress: Callable[[str], None]) -> bool:
     """Label what the feed holds, one Ray Data execution a wave: each wave takes the paths listed and not yet
     taken (at most ``WAVE_PATHS``), so the first wave starts on the first listed images. True when it has
@@ -212,7 +202,7 @@ def _run_on_ray(config: LabelConfig, feed: TodoFeed, size: int, summary: LabelSu
                 return False  # the listing ended, and nothing was left after all
             while (paths := feed.take(WAVE_PATHS if feed.taken else FIRST_WAVE_PATHS)) is not None:
                 meter.set_total(feed.todo - summary.transient, final=feed.finished, listed=feed.listed)
-                for table in _prediction_stream(config, paths, size):
+                for table in _prediction_stream(config, paths, model):
                     table = _hold_back_transient(table, summary)
                     writer.add(table)
                     errors = table.num_rows - table.column("error").null_count
@@ -327,10 +317,11 @@ def bound_decoded_backlog(actors: int, task_size: int, image_bytes: int) -> int:
     return limit
 
 
-def _prediction_stream(config: LabelConfig, todo: Sequence[str] | pa.Array, size: int) -> Iterator[pa.Table]:
+def _prediction_stream(config: LabelConfig, todo: Sequence[str] | pa.Array,
+                       model: ResolvedModel) -> Iterator[pa.Table]:
     """Result tables, streamed to the driver as the actors produce them."""
     quiet_ray_data(config.verbose)
-    return label_dataset(config, todo, size).iter_batches(batch_size=None, batch_format="pyarrow")
+    return label_dataset(config, todo, model).iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def path_blocks(todo: Sequence[str] | pa.Array, task_size: int) -> list[pa.Table]:
@@ -347,7 +338,7 @@ def path_blocks(todo: Sequence[str] | pa.Array, task_size: int) -> list[pa.Table
             for start in range(0, len(paths), task_size)] or [pa.table({"path": pa.array([], pa.string())})]
 
 
-def label_dataset(config: LabelConfig, todo: Sequence[str] | pa.Array, size: int):
+def label_dataset(config: LabelConfig, todo: Sequence[str] | pa.Array, model: ResolvedModel):
     """The Ray Data pipeline: paths -> decode tasks -> predictor actors -> result tables.
 
     Decoding and inference are two operators that run at the same time: decode tasks on any
@@ -357,35 +348,43 @@ def label_dataset(config: LabelConfig, todo: Sequence[str] | pa.Array, size: int
     pixels, the objects in flight), which the actors do not, so the two never fuse.
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
-    task_size = config.task_size
+    task_size, size = config.task_size, model.input_size
     blocks = max(1, math.ceil(len(todo) / task_size))
     low, high = config.concurrency or auto_concurrency(config, ray.cluster_resources(), blocks)
     bound_decoded_backlog(high, task_size, size * size * 3)
     # Blocks built here, with their metadata: from_arrow runs a Ray task per block to read it back, which
     # held the driver 9-13 s for a million paths (3-4 s here) and waits for a free CPU on a busy cluster.
     dataset = ray.data.from_blocks(path_blocks(todo, task_size))
-    dataset = dataset.map_batches(
-        read_and_decode,
-        fn_kwargs={"size": size, "storage_options": config.storage_options, "retries": config.read_retries,
-                   "resize_mode": config.resize or model_resize_mode(config.model)},
-        batch_size=task_size,
-        batch_format="numpy",
-        num_cpus=config.cpus_per_decode,
-        memory=decode_task_memory(task_size, size),
-    )
-    dataset = dataset.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"model": ship(config.model), "weights": ship(config.weights), "top_k": config.top_k,
-                               "batch_size": config.batch_size, "storage_options": config.storage_options,
-                               "precision": config.precision, "xla": config.xla,
-                               "settings": config.model_settings, "embeddings": config.embeddings,
-                               "cpu_threads": actor_cpu_threads(config)},
-        batch_size=task_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=low, max_size=high),
-        num_gpus=config.num_gpus or None,
-        num_cpus=config.cpus_per_actor,
-    )
-    return dataset
+    dataset = dataset.map_batches(read_and_decode, fn_kwargs=decode_arguments(config, model), batch_format="numpy",
+                                  **decode_stage(config, model))
+    return dataset.map_batches(Predictor, fn_constructor_kwargs=predictor_arguments(config, model),
+                               batch_format="numpy", **predictor_stage(config, low, high))
+
+
+def decode_arguments(config: LabelConfig, model: ResolvedModel) -> dict:
+    """What each decode task reads and decodes with: the model's size, the resize mode, storage and retries."""
+    return {"size": model.input_size, "storage_options": config.storage_options, "retries": config.read_retries,
+            "resize_mode": config.resize or model.resize_mode}
+
+
+def decode_stage(config: LabelConfig, model: ResolvedModel) -> dict:
+    """The decode tasks' batch and resources (their declared memory keeps them from fusing with the actors)."""
+    return {"batch_size": config.task_size, "num_cpus": config.cpus_per_decode,
+            "memory": decode_task_memory(config.task_size, model.input_size)}
+
+
+def predictor_arguments(config: LabelConfig, model: ResolvedModel) -> dict:
+    """What each predictor actor loads: the resolved model (local files shipped to its node) and how to run it."""
+    return {"model": ship(model.location), "weights": ship(model.weights), "top_k": config.top_k,
+            "batch_size": config.batch_size, "storage_options": config.storage_options,
+            "precision": config.precision, "xla": config.xla, "settings": model.settings,
+            "embeddings": config.embeddings, "cpu_threads": actor_cpu_threads(config)}
+
+
+def predictor_stage(config: LabelConfig, low: int, high: int) -> dict:
+    """The predictor actor pool: between ``low`` and ``high`` actors, each with its GPU share or CPUs."""
+    from ray.data import ActorPoolStrategy
+
+    return {"batch_size": config.task_size, "compute": ActorPoolStrategy(min_size=low, max_size=high),
+            "num_gpus": config.num_gpus or None, "num_cpus": config.cpus_per_actor}

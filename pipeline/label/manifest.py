@@ -61,7 +61,7 @@ class RunManifest:
     input_size: int  # images are resized to input_size x input_size
     source: str  # SOURCE of the run that created OUTPUT, as given
     weights_digest: str | None = None  # sha256 of the loaded weights; known once the first rows arrive
-    model_identity: dict | None = None  # pipeline.models.loading.model_identity: kind, file digests, head, classes
+    model_identity: dict | None = None  # pipeline.models.resolved.ResolvedModel.identity: kind, file digests, head, classes
     resize_mode: str = "squash"  # squash | center-crop
     precision: str = "float32"  # float32 | mixed: float16 compute changes scores in the last digits
     xla: bool = False  # XLA compilation may reorder float arithmetic

@@ -14,12 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
-from pipeline.models.loading import model_input_size
 from pipeline.models.shipping import Shippable
 from pipeline.models.user_model import ModelSettings
 from pipeline.results import EMBEDDING_FIELD, result_schema
 
-__all__ = ["Predictor", "model_input_size"]
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -70,7 +69,14 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Result rows in the OUTPUT schema, plus the decode stage's ``transient`` flag for the driver (never stored)."""
-        errors = [str(e) if e else None for e in batch["error"]]
+        columns = {"path": [str(p) for p in batch["path"]], **self.result_columns(batch["image"], batch["error"])}
+        return pa.table(columns, schema=self.schema).append_column(
+            "transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
+
+    def result_columns(self, images: np.ndarray, decode_errors) -> dict[str, list | pa.Array]:
+        """The prediction columns of OUTPUT (all but ``path``) for decoded ``images``; a row whose decode
+        error is set gets that error and no prediction."""
+        errors = [str(e) if e else None for e in decode_errors]
         ok = np.array([e is None for e in errors], dtype=bool)
         n, k = len(errors), self.classifier.top_k
         ids = np.zeros((n, k), np.int32)
@@ -78,12 +84,11 @@ class Predictor:
         kept = np.zeros(n, np.int32)
         features = None
         if ok.any():
-            top = self.classifier.predict(batch["image"][ok])
+            top = self.classifier.predict(images[ok])
             ids[ok], scores[ok], kept[ok] = top.ids, top.scores, top.kept
             features = top.features
         names = self.classifier.names(ids)
         columns = {
-            "path": [str(p) for p in batch["path"]],
             "label": [names[i][0] if ok[i] else None for i in range(n)],
             "score": [float(scores[i, 0]) if ok[i] else None for i in range(n)],
             "top_labels": [names[i][: kept[i]] if ok[i] else [] for i in range(n)],
@@ -95,8 +100,7 @@ class Predictor:
         }
         if self.classifier.embeddings:
             columns["embedding"] = embedding_column(features, ok)
-        return pa.table(columns, schema=self.schema).append_column(
-            "transient", pa.array(np.asarray(batch["transient"], dtype=bool)))
+        return columns
 
 
 def embedding_column(features: np.ndarray | None, ok: np.ndarray) -> pa.Array:

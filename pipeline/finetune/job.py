@@ -409,21 +409,22 @@ def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: 
     from pipeline.finetune.backend import MultiWorkerTensorflowConfig
     from pipeline.progress_relay import relayed_progress
     from pipeline.finetune.worker import train_loop_per_worker
+    from pipeline.finetune.worker_settings import WorkerSettings
 
-    loop_config = {
-        "base": base.spec.name, "start_from": base.model, "keep_head": base.keeps_head(files.class_names),
-        "storage_options": config.storage_options, "image_size": size, "num_classes": len(files.class_names),
-        "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs, "unfreeze": config.unfreeze,
-        "batch_size": config.batch_size, "lr": config.lr, "fine_tune_lr_factor": config.fine_tune_lr_factor,
-        "lr_schedule": config.lr_schedule, "dropout": config.dropout, "augment": list(config.augment),
-        "cache_features": config.cache_features, "cpus_per_worker": config.cpus_per_worker,
-        "monitor": config.best_by, "patience": config.patience, "seed": config.seed,
-        "shuffle_buffer": config.shuffle_buffer, "identity": identity, "settings": recorded_settings(config),
-        "stage1_end": plan.stage1_end if plan else config.epochs,
-        "resume_changes": plan.changes if plan else {},
+    settings = WorkerSettings(
+        base=base.spec.name, start_from=base.model, keep_head=base.keeps_head(files.class_names),
+        storage_options=config.storage_options, image_size=size, num_classes=len(files.class_names),
+        fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
+        batch_size=config.batch_size, lr=config.lr, fine_tune_lr_factor=config.fine_tune_lr_factor,
+        lr_schedule=config.lr_schedule, dropout=config.dropout, augment=tuple(config.augment),
+        cache_features=config.cache_features, cpus_per_worker=config.cpus_per_worker,
+        monitor=config.best_by, patience=config.patience, seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer, identity=identity, recorded_settings=recorded_settings(config),
+        stage1_end=plan.stage1_end if plan else config.epochs,
+        resume_changes=plan.changes if plan else {},
         # Ray Train gives each worker an equal shard: count // workers rows
-        "steps_per_epoch": max(1, math.ceil(train.count // config.workers / config.batch_size)),
-    }
+        steps_per_epoch=max(1, math.ceil(train.count // config.workers / config.batch_size)),
+    )
     train_order = epoch_order(train.dataset, config.seed)
     progress(f"training with {plural(config.workers, 'Ray Train worker')}; checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
@@ -432,7 +433,7 @@ def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: 
         with relayed_progress(progress) as relay, controller_checks_often():
             trainer = DataParallelTrainer(
                 train_loop_per_worker,
-                train_loop_config={**loop_config, "progress_relay": relay},
+                train_loop_config={"settings": settings, "progress_relay": relay},  # Ray Train wants a dict
                 backend_config=MultiWorkerTensorflowConfig(),
                 scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                              resources_per_worker={"CPU": config.cpus_per_worker,

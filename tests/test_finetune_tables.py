@@ -95,19 +95,29 @@ def _flat_digits_table(tmp_path: Path, path_column: str, label_column: str) -> t
     return images, rows
 
 
-@pytest.mark.slow
-def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output(tmp_path):
-    images, _ = _flat_digits_table(tmp_path, "file", "truth")
-    common = ["--workers", "1", "--epochs", "3", "--lr", "3e-3", "--image-size", "32", "--batch-size", "16",
-              "--augment", "none"]
+COMMON = ["--workers", "1", "--image-size", "32", "--batch-size", "16", "--augment", "none"]
+
+
+@pytest.fixture(scope="module")
+def tuned_on_csv(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], Path, str]:
+    """A model fine-tuned on labels.csv (columns 'file' and 'truth') of 60 digits in one flat folder: the
+    folder, its rows, the model and the command's output."""
+    tmp_path = tmp_path_factory.mktemp("tuned_on_csv")
+    images, rows = _flat_digits_table(tmp_path, "file", "truth")
     first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--path-column",
-                                "file", "--label-column", "truth", *common])
+                                "file", "--label-column", "truth", "--epochs", "3", "--lr", "3e-3", *COMMON])
     assert first.exit_code == 0, first.output
-    assert "60 rows in 1 table file" in first.output
-    assert json.loads((tmp_path / "m1" / "pipeline_model.json").read_text())["class_names"] == ["0", "1", "2"]
+    return images, rows, tmp_path / "m1", first.output
+
+
+@pytest.mark.slow
+def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output(tuned_on_csv, tmp_path):
+    images, _, model, output = tuned_on_csv
+    assert "60 rows in 1 table file" in output
+    assert json.loads((model / "pipeline_model.json").read_text())["class_names"] == ["0", "1", "2"]
 
     labeled = tmp_path / "labels"
-    result = runner.invoke(app, ["label", str(images), str(labeled), "--model", str(tmp_path / "m1")])
+    result = runner.invoke(app, ["label", str(images), str(labeled), "--model", str(model)])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(labeled)
     # A cut that leaves some rows out and keeps at least two classes of at least two images (the split needs them).
@@ -118,7 +128,7 @@ def test_finetune_on_a_csv_then_on_the_confident_rows_of_its_own_labeling_output
     kept = int((frame["score"] >= threshold).sum())
     assert kept < 60
     second = runner.invoke(app, ["finetune", str(labeled), str(tmp_path / "m2"), "--min-score", repr(threshold),
-                                 *common])
+                                 "--epochs", "3", "--lr", "3e-3", *COMMON])
     assert second.exit_code == 0, second.output
     assert f"left out: {60 - kept} row" in second.output  # the rows under --min-score, counted
     history = pd.read_csv(tmp_path / "m2" / "history.csv")
@@ -142,28 +152,27 @@ def test_a_table_on_s3_names_its_images_relative_to_its_own_prefix(s3_behind_pro
 
 
 @pytest.mark.slow
-def test_a_fine_tuned_model_as_base_keeps_its_head_for_the_same_classes_and_gets_a_new_one_otherwise(tmp_path):
-    images, rows = _flat_digits_table(tmp_path, "path", "label")
-    common = ["--workers", "1", "--image-size", "32", "--batch-size", "16", "--augment", "none"]
-    first = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m1"), "--epochs", "3",
-                                "--lr", "3e-3", *common])
-    assert first.exit_code == 0, first.output
-    exported = pd.read_csv(tmp_path / "m1" / "history.csv").query("exported == 1").iloc[0]
+def test_a_fine_tuned_model_as_base_keeps_its_head_for_the_same_classes_and_gets_a_new_one_otherwise(
+        tuned_on_csv, tmp_path):
+    images, rows, m1, _ = tuned_on_csv
+    exported = pd.read_csv(m1 / "history.csv").query("exported == 1").iloc[0]
 
     # The same classes, a learning rate too small to move anything: epoch 1 scores what m1 scored.
-    again = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m2"), "--base",
-                                str(tmp_path / "m1"), "--epochs", "1", "--lr", "1e-9", *common])
+    again = runner.invoke(app, ["finetune", str(images / "labels.csv"), str(tmp_path / "m2"), "--path-column",
+                                "file", "--label-column", "truth", "--base", str(m1), "--epochs", "1", "--lr", "1e-9",
+                                *COMMON])
     assert again.exit_code == 0, again.output
     assert "the same 3 classes, so its head is kept" in again.output
     continued = pd.read_csv(tmp_path / "m2" / "history.csv").iloc[0]
     assert continued["val_accuracy"] == pytest.approx(exported["val_accuracy"], abs=1e-6)
     meta = json.loads((tmp_path / "m2" / "pipeline_model.json").read_text())
-    assert meta["training"]["started_from"] == str(tmp_path / "m1") and meta["base"] == "efficientnet_lite0"
+    assert meta["training"]["started_from"] == str(m1) and meta["base"] == "efficientnet_lite0"
 
-    renamed = images / "renamed.csv"
-    pd.DataFrame([(p, f"digit {label}") for p, label in rows], columns=["path", "label"]).to_csv(renamed, index=False)
-    other = runner.invoke(app, ["finetune", str(renamed), str(tmp_path / "m3"), "--base", str(tmp_path / "m1"),
-                                "--epochs", "1", *common])
+    renamed = tmp_path / "renamed.csv"  # the same images, named from elsewhere: relative to the flat folder
+    pd.DataFrame([(str(images / p), f"digit {label}") for p, label in rows],
+                 columns=["path", "label"]).to_csv(renamed, index=False)
+    other = runner.invoke(app, ["finetune", str(renamed), str(tmp_path / "m3"), "--base", str(m1),
+                                "--epochs", "1", *COMMON])
     assert other.exit_code == 0, other.output
     assert "its backbone with a new head for these 3 classes" in other.output
     assert json.loads((tmp_path / "m3" / "pipeline_model.json").read_text())["class_names"] == [

@@ -59,11 +59,11 @@ def label_config(source: str, output: str, model: str, weights: str, top_k: int,
                  max_error_rate: Optional[float], retry_errors: bool, force_unlock: bool,
                  lease_seconds: float, dry_run: bool = False, relist: bool = False, **_: object):
     """The LabelConfig the parsed options describe (reads a --classes file, nothing else)."""
-    from pipeline.cli.options import parse_json_object
+    from pipeline.json_option import parse_json_object
     from pipeline.label.config import mode_from_flags
     from pipeline.storage import storage_options as current_options
 
-    options = parse_json_object(storage_options, "--storage-options", "{}")
+    options = parse_json_object(storage_options, "--storage-options")
     settings = model_settings(classes, preprocess, input_size, head, multi_label, threshold)
     return LabelConfig(
         source=source, output=output, model=model, weights=weights, top_k=top_k, batch_size=batch_size,

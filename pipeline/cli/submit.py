@@ -38,7 +38,7 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 def _submit(job: str, ctx: typer.Context, address: str, wait: bool, working_dir: Optional[str],
             runtime_env: Optional[str], env: Optional[list[str]], submission_id: Optional[str],
             shared_fs: bool = False) -> None:
-    from pipeline.cli.options import parse_json_object
+    from pipeline.json_option import parse_json_object
     from pipeline.submit import raise_for_status, submit
 
     with user_errors():

@@ -10,7 +10,6 @@ and the per-class report into OUTPUT.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -32,6 +31,7 @@ from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
                                       recorded_settings)
 from pipeline.images import RESIZE_MODES
+from pipeline.json_option import parse_json_object
 from pipeline.models.registry import DEFAULT_MODEL
 from pipeline.plural import plural
 
@@ -85,22 +85,8 @@ class FinetuneConfig:
             self.augment = parse_augment(self.augment)
         self.augment = tuple(self.augment)
         if isinstance(self.storage_options, str) or self.storage_options is None:
-            self.storage_options = parse_json_option(self.storage_options, "--storage-options")
+            self.storage_options = parse_json_object(self.storage_options, "--storage-options") or {}
         check_settings(self)
-
-
-def parse_json_option(text: str | None, option: str) -> dict[str, Any]:
-    """A JSON object given as text ({} when empty); UserError saying what is wrong with it."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{option} is not valid JSON ({err}); example: "
-                        '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'') from None
-    if not isinstance(value, dict):
-        raise UserError(f"{option} must be a JSON object, not {type(value).__name__}")
-    return value
 
 
 def check_mode(resume: bool, overwrite: bool) -> None:

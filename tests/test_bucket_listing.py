@@ -54,6 +54,7 @@ class Recording(AdaptiveLimit):
         self.lowest = min(self.lowest, self.limit)
 
 
+@pytest.mark.slow
 def test_lists_exactly_what_s3fs_finds(filled):
     direct, proxy, options = filled
     images = s3fs_keys(direct, f"{BUCKET}/images/")
@@ -69,6 +70,7 @@ def test_lists_exactly_what_s3fs_finds(filled):
     assert listed(f"s3://{BUCKET}/nothing-here", options) == []
 
 
+@pytest.mark.slow
 def test_options_obstore_cannot_translate_go_to_s3fs(filled):
     _, _, options = filled
     assert iter_bucket(f"s3://{BUCKET}/images", {**options, "requester_pays": True}) is None

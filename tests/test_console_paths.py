@@ -61,6 +61,7 @@ def labeled(tmp_path_factory, photos) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_refuses_a_folder_or_a_path_it_cannot_write_before_any_thumbnail(labeled, tmp_path, monkeypatch):
     import pipeline.report as report
 
@@ -77,6 +78,7 @@ def test_report_refuses_a_folder_or_a_path_it_cannot_write_before_any_thumbnail(
     assert drawn == [], "thumbnails were made before REPORT was checked"
 
 
+@pytest.mark.slow
 def test_report_creates_a_missing_folder(labeled, tmp_path):
     target = tmp_path / "new" / "deeper" / "review.html"
     result = runner.invoke(app, ["report", str(labeled), str(target)])
@@ -145,6 +147,7 @@ def test_rows_per_file_means_parts_of_exactly_that_many_rows(tmp_path):
     assert frame["path"].is_unique and len(frame) == 1201 == writer.rows_committed
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_is_safe_and_the_printed_command_finishes_the_job(photo_copies, tmp_path):
     source = photo_copies(20)  # 80 images
     out = tmp_path / "out"

@@ -48,6 +48,7 @@ def test_classify_refuses_a_missing_path_before_tensorflow(tmp_path, photos):
     assert result.stderr.splitlines() == [f"error: not found: {missing}; nothing was classified", "imported:"]
 
 
+@pytest.mark.slow
 def test_classify_prints_labels_and_nothing_of_tensorflow(tmp_path, photos):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -59,6 +60,7 @@ def test_classify_prints_labels_and_nothing_of_tensorflow(tmp_path, photos):
     assert _quiet(result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_label_prints_only_its_own_lines(tmp_path, photos):
     folder = tmp_path / "photos"
     folder.mkdir()

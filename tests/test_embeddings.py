@@ -46,6 +46,7 @@ def _unit(vectors) -> np.ndarray:
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_a_cropped_copy_is_nearer_to_its_photo_than_other_photos_are(photo_dir, photos, tmp_path):
     for i, (name, path) in enumerate(photos.items()):
         _cropped_copy(path, photo_dir / f"{name}_cropped.png", 0.05 + 0.01 * i)  # 5% to 8% off each edge
@@ -82,6 +83,7 @@ def test_a_cropped_copy_is_nearer_to_its_photo_than_other_photos_are(photo_dir, 
     assert "embeddings: OUTPUT has True, this run has False" in refused.output
 
 
+@pytest.mark.slow
 def test_without_embeddings_the_column_is_absent_and_a_resume_cannot_add_it(photo_dir, tmp_path):
     out = tmp_path / "out"
     assert _label(str(photo_dir), str(out), "--limit", "2").exit_code == 0

@@ -27,6 +27,7 @@ def labeled(tmp_path_factory, photos):
     return tree, output
 
 
+@pytest.mark.slow
 def test_scores_against_class_folders_and_counts_what_it_cannot_score(labeled, tmp_path):
     tree, output = labeled
     (tree / "espresso" / "never_labeled.png").write_bytes((tree / "espresso" / "coffee.png").read_bytes())
@@ -59,6 +60,7 @@ def test_scores_against_class_folders_and_counts_what_it_cannot_score(labeled, t
     assert per_class["recall"].to_dict() == recall.to_dict()
 
 
+@pytest.mark.slow
 def test_a_labels_table_as_truth_and_two_outputs_side_by_side(labeled, tmp_path):
     tree, output = labeled
     table = tmp_path / "truth.csv"
@@ -74,6 +76,7 @@ def test_a_labels_table_as_truth_and_two_outputs_side_by_side(labeled, tmp_path)
     assert "PREDICTIONS" in result.output and result.output.count(str(output)) >= 4
 
 
+@pytest.mark.slow
 def test_a_truth_without_the_label_column_is_refused_naming_the_option(labeled, tmp_path):
     _, output = labeled
     pd.DataFrame({"path": ["a.png", "b.png"], "class": ["x", "y"]}).to_csv(tmp_path / "t.csv", index=False)

@@ -86,6 +86,7 @@ def test_errors_no_wait_can_fix_are_not_retried(tmp_path, monkeypatch):
     assert fetched.errors[1].startswith("not found")
 
 
+@pytest.mark.slow
 def test_fine_tuning_stops_when_storage_keeps_failing_and_trains_nothing(s3_behind_proxy, photos, tmp_path):
     """Training on whatever happened to arrive would change the data set behind the user's back."""
     direct, proxy, options = s3_behind_proxy

@@ -45,6 +45,7 @@ def _label(*args: str):
     return runner.invoke(app, ["label", *args, "--batch-size", "4"])
 
 
+@pytest.mark.slow
 def test_labels_every_image_once_with_errors_as_rows(mixed_source, tmp_path):
     out = tmp_path / "out"
     result = _label(str(mixed_source), str(out))
@@ -72,6 +73,7 @@ def test_labels_every_image_once_with_errors_as_rows(mixed_source, tmp_path):
     assert str(schema.field("top_scores").type) == "list<element: float>"
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_output_then_resume_does_no_work_and_overwrite_replaces(photo_dir, tmp_path):
     out = tmp_path / "out"
     assert _label(str(photo_dir), str(out)).exit_code == 0
@@ -87,6 +89,7 @@ def test_refuses_non_empty_output_then_resume_does_no_work_and_overwrite_replace
     assert frame["top_labels"].map(len).eq(2).all()
 
 
+@pytest.mark.slow
 def test_glob_list_files_and_limit(photo_dir, tmp_path):
     globbed = _label(str(photo_dir / "c*.png"), str(tmp_path / "glob"))
     assert globbed.exit_code == 0, globbed.output
@@ -103,6 +106,7 @@ def test_glob_list_files_and_limit(photo_dir, tmp_path):
     assert len(pd.read_parquet(tmp_path / "pq")) == 3
 
 
+@pytest.mark.slow
 def test_list_file_entries_have_one_identity_with_folder_listings(photo_dir, tmp_path):
     """Relative entries resolve against the list file's folder; every spelling of a file is one image."""
     lists = photo_dir / "lists"
@@ -122,6 +126,7 @@ def test_list_file_entries_have_one_identity_with_folder_listings(photo_dir, tmp
     assert len(pd.read_parquet(out)) == 4 and pd.read_parquet(out)["path"].is_unique
 
 
+@pytest.mark.slow
 def test_retry_errors_relabels_failed_rows_once_and_max_error_rate_stops_early(photo_dir, photos, tmp_path):
     data = photos["coffee"].read_bytes()
     (photo_dir / "late.png").write_bytes(data[: len(data) // 3])  # not fully uploaded yet
@@ -172,6 +177,7 @@ def test_bad_input_exits_2_before_cluster_work(photo_dir, tmp_path, args, messag
     assert message in result.output
 
 
+@pytest.mark.slow
 def test_a_failed_imagenet_download_exits_2_before_cluster_work(photo_dir, tmp_path, no_download_env):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "label", str(photo_dir), str(tmp_path / "out"),
                            "--model", "mobilenet_v2"], capture_output=True, text=True, timeout=300,
@@ -180,6 +186,7 @@ def test_a_failed_imagenet_download_exits_2_before_cluster_work(photo_dir, tmp_p
     assert "could not download the ImageNet weights" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
     out = tmp_path / "out"
     assert _label(str(mixed_source), str(out)).exit_code == 0
@@ -197,6 +204,7 @@ def test_show_prints_counts_lowest_and_errors(mixed_source, tmp_path):
     assert runner.invoke(app, ["show", str(tmp_path / "nothing")]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_results_stream_back_one_task_at_a_time(photo_dir, tmp_path):
     """Each decode task and each actor call takes one input block, and its rows reach the driver when it ends:
     9 images in tasks of 4 come back as 4, 4 and 1 rows (evenly split blocks of 3 were bundled in twos)."""

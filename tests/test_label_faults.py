@@ -57,6 +57,7 @@ def _check_exactly_once(out: Path, source: Path) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.slow
 def test_resume_after_driver_killed_is_exactly_once(many_photos, tmp_path):
     out = tmp_path / "out"
     proc = _start(many_photos, out)
@@ -92,6 +93,7 @@ def _predictor_processes() -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_killed_actor_is_replaced_and_output_stays_exactly_once(many_photos, tmp_path):
     out = tmp_path / "out"
     before = {p.pid for p in _predictor_processes()}

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -95,6 +96,7 @@ def test_decoded_backlog_is_bounded_by_the_actors_not_the_images(photo_dir, tmp_
     assert blocks_buffered_per_actor(32 * 8 * 4) == 3  # big GPU blocks: one worked on, one next, one decoding
 
 
+@pytest.mark.slow
 def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():
     """Actors side by side on a CPU node each compute on their CPU share, not on every core at once."""
     import ray
@@ -114,6 +116,7 @@ def test_cpu_actors_run_tensorflow_on_their_own_share_of_threads():
     assert threads == (1, "1", "1")
 
 
+@pytest.mark.slow
 def test_predictor_actor_loads_keras_without_scikit_learn_and_pyplot_yet_both_still_import():
     """Keras imports scikit-learn and matplotlib.pyplot at load when they are installed (1.4 s of CPU in every
     actor, for wrappers and plots an actor never uses); the actor leaves them out, and a user's layer can still
@@ -142,6 +145,7 @@ def test_predictor_actor_loads_keras_without_scikit_learn_and_pyplot_yet_both_st
         assert ray.get(actor.__ray_call__.remote(modules)) == ((False, False), (1, 1))
 
 
+@pytest.mark.slow
 def test_cpu_forward_pass_reuses_host_memory_instead_of_faulting_it_in_again():
     """TensorFlow's default CPU allocator returned each batch's activations to the OS and page-faulted them
     in again on the next batch (5,000 faults an image for MobileNetV2): 38% of the forward pass in the kernel.
@@ -197,6 +201,7 @@ def test_decode_task_marks_outage_as_transient_and_missing_as_permanent(s3_behin
     assert proxy.refused >= 2
 
 
+@pytest.mark.slow
 def test_outage_longer_than_retries_stores_nothing_for_those_images_and_resume_finishes(
         s3_behind_proxy, photos, tmp_path):
     direct, proxy, options = s3_behind_proxy
@@ -301,6 +306,7 @@ def test_benchmark_reads_both_summary_lines():
     assert bench.SUMMARY.search(LabelSummary(**LONG_JOB).line("o")).groups() == ("6,000", "45.0", "14.0", "193.5")
 
 
+@pytest.mark.slow
 def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(photo_dir, tmp_path):
     """A real process, as a user runs it: the summary separates start-up from the steady rate."""
     import subprocess
@@ -324,6 +330,7 @@ def test_console_shows_our_lines_not_ray_or_tensorflow_chatter_unless_verbose(ph
     assert restarts_warning in verbose.stderr
 
 
+@pytest.mark.slow
 def test_xla_and_mixed_precision_keep_the_labels(photo_dir, tmp_path):
     """--xla and --precision mixed reach the model (scores move by float rounding) and keep every label of the
     default float32 forward pass (the one classify runs in this process)."""
@@ -358,6 +365,7 @@ def test_decode_task_honours_the_resize_mode(tmp_path):
     assert squash[..., 0].max() > 200 and squash[..., 2].max() > 200
 
 
+@pytest.mark.slow
 def test_ray_starts_while_a_slow_bucket_listing_runs(s3_behind_proxy, photos, tmp_path):
     """Listing a bucket and starting Ray overlap: when the listing is done, Ray is already up."""
     import ray

@@ -44,6 +44,7 @@ def _counts(out: Path, source: Path) -> tuple[int, int]:
     return len(expected - set(frame["path"])), len(frame) - frame["path"].nunique()
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_while_first_writes_and_kill9_does_not_lock_output(many_photos, tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "pipeline", "label", str(many_photos), str(out),
@@ -145,6 +146,7 @@ def _race(output: str, contenders: int = 8) -> tuple[int, list[str]]:
     return len(won), refused
 
 
+@pytest.mark.slow
 def test_busy_output_refuses_a_bucket_run_before_it_lists_the_bucket(s3_behind_proxy, photos, tmp_path):
     """A run on an OUTPUT that another live run holds is refused before it sends one request to its SOURCE:
     a bucket of millions takes minutes to list, and the run would have started Ray meanwhile. The same
@@ -214,6 +216,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_damaged_and_foreign_files_are_refused(photo_dir, tmp_path, local_ray):
     out = tmp_path / "out"
     assert _small_run(photo_dir, out).exit_code == 0
@@ -255,6 +258,7 @@ def test_resume_with_other_settings_damaged_and_foreign_files_are_refused(photo_
     assert len(pd.read_parquet(out)) == rows
 
 
+@pytest.mark.slow
 def test_part_upload_interrupted_never_publishes_a_partial_object(monkeypatch):
     """Ctrl-C while a part is being built or uploaded to S3: the object is whole or absent."""
     from s3_proxy import fault_proxy, moto_s3
@@ -322,6 +326,7 @@ def test_label_config_checks_itself_before_any_work(photo_dir, tmp_path, args, m
     assert direct.exit_code == 2 and message in direct.output, direct.output
 
 
+@pytest.mark.slow
 def test_resume_with_other_weights_under_the_same_name_is_refused_before_a_row_is_written(
         photo_dir, tmp_path, lite0, local_ray):
     weights = tmp_path / "lite0.weights.h5"
@@ -343,6 +348,7 @@ def test_resume_with_other_weights_under_the_same_name_is_refused_before_a_row_i
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_s3_outage_mid_run_stores_no_transient_error_rows_and_resume_finishes_exactly_once(photos, tmp_path):
     """Images and OUTPUT on S3 behind the fault proxy; a 503 SlowDown outage outlasting botocore's retries."""
     from s3_proxy import fault_proxy, moto_s3

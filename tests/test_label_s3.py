@@ -50,6 +50,7 @@ def s3(s3_endpoint):
     return fs
 
 
+@pytest.mark.slow
 def test_label_from_s3_to_s3_with_weights_from_s3(s3, s3_endpoint, photos, lite0, tmp_path):
     for name, path in photos.items():
         s3.put_file(str(path), f"photos-bucket/in/{name}{path.suffix}")

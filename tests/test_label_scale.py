@@ -103,6 +103,7 @@ def test_a_list_file_of_a_million_paths_is_listed_in_chunks_without_repeats(tmp_
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_recorded_listing_and_relist_finds_new_and_removed_images(photo_dir, photos, tmp_path,
                                                                                        local_ray):
     out = tmp_path / "out"
@@ -142,6 +143,7 @@ def test_dry_run_counts_without_writing_or_starting_ray(photo_dir, tmp_path, mon
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_dry_run_and_resume_after_a_partial_run_and_an_upgrade(photo_dir, tmp_path, local_ray):
     out = tmp_path / "out"
     assert _label(str(photo_dir), str(out), "--limit", "2").exit_code == 0
@@ -161,6 +163,7 @@ def test_dry_run_and_resume_after_a_partial_run_and_an_upgrade(photo_dir, tmp_pa
     assert json.loads((out / "_pipeline_manifest.json").read_text())["package_version"] != "0.0.1"
 
 
+@pytest.mark.slow
 def test_a_list_file_naming_an_image_twice_labels_it_once(photo_dir, tmp_path, local_ray):
     listing = tmp_path / "list.txt"
     coffee = photo_dir / "coffee.png"
@@ -182,6 +185,7 @@ def test_output_refusals_come_before_a_bucket_is_listed(s3_behind_proxy, photos,
     assert proxy.seen == []  # not one request to SOURCE: not the listing, not even its existence check
 
 
+@pytest.mark.slow
 def test_a_throttled_listing_is_ridden_out_and_a_long_outage_is_one_line(s3_behind_proxy, photos, tmp_path,
                                                                           local_ray):
     direct, proxy, options = s3_behind_proxy

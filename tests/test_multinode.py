@@ -78,6 +78,7 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300)
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_labeling_runs_on_worker_nodes_and_survives_losing_one(cluster, s3, photos):
     fs, options = s3
     for i in range(IMAGES):
@@ -131,6 +132,7 @@ def _checkpointed_epoch(fs, output: str) -> int:
     return max((int(part[:4]) for part in text.split("epoch_")[1:] if part[:4].isdigit()), default=0)
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_a_worker_node_resumes_after_losing_it(cluster, s3):
     """Ray Train does not retry here (no FailureConfig): the job exits 1, and --resume continues."""
     fs, options = s3
@@ -166,6 +168,7 @@ def test_fine_tuning_on_a_worker_node_resumes_after_losing_it(cluster, s3):
     cluster.remove_node(node_c)
 
 
+@pytest.mark.slow
 def test_a_local_model_folder_is_shipped_to_the_worker_node(cluster, s3, photos, tmp_path):
     """A fine-tuned model given as a local folder reaches the actors through Ray's object store."""
     import ray
@@ -217,6 +220,7 @@ def _dead_worker_nodes(cluster) -> list[str]:
     return [node["NodeID"] for node in ray.nodes() if not node["Alive"]]
 
 
+@pytest.mark.slow
 def test_fine_tuning_waits_for_an_autoscaling_cluster_to_grow(cluster):
     """The head alone has no CPUs; a node that joins while the check waits (as an autoscaler's would) is used."""
     import threading

@@ -29,6 +29,7 @@ def by_classify(photos) -> dict[str, list[str]]:
     return {name: p.labels for name, p in zip(photos, classifier.classify([str(p) for p in photos.values()]))}
 
 
+@pytest.mark.slow
 def test_label_takes_the_commands_keywords_and_returns_its_summary(photo_dir, tmp_path, by_classify):
     from ray.data import DataContext
 
@@ -66,6 +67,7 @@ def test_unknown_keywords_name_the_option_meant_and_bad_values_are_the_commands_
         pipeline.finetune(str(tmp_path / "nowhere"), str(tmp_path / "model"), progress=None)
 
 
+@pytest.mark.slow
 def test_predict_adds_the_prediction_columns_to_a_dataset_of_paths_and_keeps_its_own(photos, tmp_path, by_classify):
     import ray
 
@@ -84,6 +86,7 @@ def test_predict_adds_the_prediction_columns_to_a_dataset_of_paths_and_keeps_its
     assert frame["error"].isna().sum() == 4
 
 
+@pytest.mark.slow
 def test_predict_reads_the_pixels_of_read_images_and_the_bytes_of_read_binary_files(photo_dir, by_classify):
     import ray
 

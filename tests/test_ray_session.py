@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -91,6 +93,7 @@ def run(mode: str, terminal: bool = False, **env: str) -> subprocess.CompletedPr
     return result
 
 
+@pytest.mark.slow
 def test_workers_are_quiet_unless_verbose_and_errors_still_arrive():
     quiet = run("quiet", terminal=True)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
@@ -137,6 +140,7 @@ RELAY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_relayed_lines_all_reach_the_driver_in_order_and_chatter_does_not():
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, "-c", RELAY_SCRIPT], capture_output=True, text=True, timeout=300,
@@ -172,6 +176,7 @@ def test_a_line_the_console_refuses_in_the_last_flush_costs_no_line_after_it(mon
     assert printed == ["line 0", "line 1", "line 2"]
 
 
+@pytest.mark.slow
 def test_a_task_worker_outlives_its_idle_second_when_actors_hold_the_cpus():
     """A labeling job holds every CPU of a small machine: predictor actors (0.75 CPU each) and decode tasks
     (0.25 each). Ray keeps about as many idle workers as there are unreserved CPUs, so at its default a

@@ -24,9 +24,15 @@ def _smallest_of_each_family() -> set[str]:
 
 
 FORWARD_CHECKED = _smallest_of_each_family()
+QUICK_LANE_PARAMETERS = 30_000_000  # larger entries take seconds each to build: the full suite builds them
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+def _entries() -> list:
+    return [name if name in FORWARD_CHECKED or REGISTRY[name].parameters <= QUICK_LANE_PARAMETERS
+            else pytest.param(name, marks=pytest.mark.slow) for name in REGISTRY]
+
+
+@pytest.mark.parametrize("name", _entries())
 def test_entry_builds_with_random_weights_and_matches_keras(name):
     """Every entry's own facts (input size, parameters, preprocessing, where its pooled features are) against
     the model Keras builds; the forward pass through the two-output view runs on one entry per family (the

@@ -44,6 +44,7 @@ def labeled(tmp_path_factory, photos):
     return out
 
 
+@pytest.mark.slow
 def test_report_opens_in_a_real_browser_with_counts_labels_and_errors(labeled, tmp_path):
     report = tmp_path / "report.html"
     result = runner.invoke(app, ["report", str(labeled), str(report), "--max-per-label", "5"])
@@ -68,6 +69,7 @@ def test_report_opens_in_a_real_browser_with_counts_labels_and_errors(labeled, t
     assert report.stat().st_size < 2 * 2**20
 
 
+@pytest.mark.slow
 def test_report_for_one_label_and_unknown_label(labeled, tmp_path):
     only = tmp_path / "espresso.html"
     result = runner.invoke(app, ["report", str(labeled), str(only), "--label", "espresso"])

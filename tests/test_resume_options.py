@@ -158,6 +158,7 @@ def labeled(tmp_path_factory, photos):
     return folder, output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, named", LABEL_CHANGES)
 def test_label_resume_with_another_compared_option_is_refused_naming_it(labeled, args, named):
     folder, output = labeled

@@ -128,6 +128,7 @@ def cat_and_coffee(tmp_path_factory, photos) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coffee, tmp_path):
     output = tmp_path / "labels"
     started = time.monotonic()
@@ -157,6 +158,7 @@ def test_submit_label_and_wait_writes_the_parquet(head, client_env, cat_and_coff
     assert "has constructor arguments in the object store" not in logs.stdout + result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", ["label", "finetune"])
 def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path, job):
     result = pipeline("submit", job, str(tmp_path / "no-such-folder"), str(tmp_path / "out"),
@@ -170,6 +172,7 @@ def test_a_job_that_fails_on_the_cluster_exits_1(head, client_env, tmp_path, job
     assert "no-such-folder" in result.stdout  # ...and its own error message is streamed back
 
 
+@pytest.mark.slow
 def test_stop_a_long_job(head, client_env, photos, tmp_path):
     many = tmp_path / "many"
     many.mkdir()
@@ -296,6 +299,7 @@ def my_bucket(photos):
         yield fs, endpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manifest", RAYJOBS, ids=lambda p: p.name)
 def test_each_shipped_rayjob_succeeds_on_a_real_head(head, my_bucket, manifest):
     """The manifest's entrypoint and runtimeEnvYAML (its env_vars included, the case that used to exit 2).

@@ -91,6 +91,7 @@ def _label(*args: str):
     return runner.invoke(app, ["label", *args, "--batch-size", "4"])
 
 
+@pytest.mark.slow
 def test_tutorial_model_labels_the_same_through_keras_h5_and_savedmodel(tutorial_models, photo_dir, tmp_path,
                                                                        ray_local):
     frames = {}

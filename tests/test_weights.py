@@ -32,6 +32,7 @@ def _top(loaded, batch):
     return top.ids, top.scores
 
 
+@pytest.mark.slow
 def test_weights_file_and_memory_url_give_identical_outputs(lite0, saved_weights, cat_batch):
     ids, scores = _top(lite0, cat_batch)
     from_file = load_model("efficientnet_lite0", weights=str(saved_weights))

@@ -4,6 +4,9 @@ One file, no server and no external resource: thumbnails and charts are inlined 
 data URIs, so it opens from a laptop's disk or an object store's web view alike.
 Per label, the least confident images come first (they are the ones worth a look),
 at most ``max_per_label`` of them, so the page stays a sensible size at any scale.
+With the right answers (``truth``), the page shows the mistakes instead: grouped by
+true -> predicted class, the most frequent confusion first and the most confident
+mistakes first within it (a wrong answer or a wrong truth, either is worth a look).
 Thumbnails are read through the same storage layer as the job (``s3://`` works) and
 made in parallel.
 """
@@ -35,12 +38,16 @@ class ReportSummary:
     labels: int  # distinct labels shown
     thumbnails: int  # images drawn
     bytes: int  # size of the HTML file
+    scored: int | None = None  # with a truth: rows that decoded and have a truth
+    wrong: int | None = None  # with a truth: those whose top-1 label is not the truth
 
 
 def build_report(output: str, report: str, label: str | None = None, max_per_label: int = 24,
-                 min_score: float | None = None, threads: int = 16) -> ReportSummary:
+                 min_score: float | None = None, threads: int = 16,
+                 truth: dict[str, str] | None = None) -> ReportSummary:
     """Write ``report`` (a local path or URL) for the labeling job in ``output``; UserError (before any
-    thumbnail is made) when ``report`` cannot be written, JobFailedError when the final write fails."""
+    thumbnail is made) when ``report`` cannot be written, JobFailedError when the final write fails.
+    ``truth`` ({image identity: true class}, ``pipeline.evaluation.read_truth``) shows the mistakes."""
     storage.prepare_file_target(report, "REPORT", suggested_name="report.html")
     frame = read_results(output, ["path", "label", "score", "top_labels", "top_scores", "error"])
     if label is not None:
@@ -49,20 +56,55 @@ def build_report(output: str, report: str, label: str | None = None, max_per_lab
             raise UserError(f"no rows with label '{label}' in '{output}'; see 'pipeline show {output}'")
     if min_score is not None:
         frame = frame[frame["score"].isna() | (frame["score"] >= min_score)]
+    frame = frame.assign(truth=frame["path"].map(truth) if truth is not None else None)
     ok = frame[frame["error"].isna()]
     failed = frame[frame["error"].notna()]
     counts = ok["label"].value_counts()
-    shown = (ok.sort_values("score").groupby("label", sort=False).head(max_per_label))
+    if truth is None:
+        shown = ok.sort_values("score").groupby("label", sort=False).head(max_per_label)
+        groups = [_label_group(name, count, shown[shown["label"] == name]) for name, count in counts.items()]
+        scored = wrong = None
+    else:
+        scored = ok[ok["truth"].notna()]
+        mistakes = scored[scored["label"] != scored["truth"]]
+        shown = mistakes.sort_values("score", ascending=False).groupby(["truth", "label"], sort=False).head(
+            max_per_label)
+        pairs = mistakes.groupby(["truth", "label"]).size().sort_values(ascending=False, kind="stable")
+        groups = [_mistake_group(true, predicted, count,
+                                 shown[(shown["truth"] == true) & (shown["label"] == predicted)])
+                  for (true, predicted), count in pairs.items()]
+        scored, wrong = len(scored), len(mistakes)
     with ThreadPoolExecutor(threads) as pool:
         thumbs = dict(zip(shown["path"], pool.map(_thumbnail, shown["path"])))
-    page = _page(output, frame, ok, failed, counts, shown, thumbs)
+    page = _page(output, frame, ok, failed, counts, groups, thumbs, scored, wrong)
     data = page.encode("utf-8")
     try:
         storage.publish(report, data)
     except OSError as err:
         raise JobFailedError(f"could not write REPORT '{report}' ({type(err).__name__}: {err}); the page was "
                              "built but not saved: check the location and permissions, then run again") from err
-    return ReportSummary(len(frame), len(failed), len(counts), sum(v is not None for v in thumbs.values()), len(data))
+    return ReportSummary(len(frame), len(failed), len(counts), sum(v is not None for v in thumbs.values()), len(data),
+                         scored, wrong)
+
+
+@dataclass
+class Group:
+    """One section of thumbnails: its heading, its data attributes, its rows and how many it stands for."""
+
+    title: str
+    attributes: dict[str, str]
+    rows: pd.DataFrame
+    count: int
+    order: str  # which of the group's images come first
+
+
+def _label_group(name, count: int, rows: pd.DataFrame) -> Group:
+    return Group(str(name), {"class": "label", "data-label": str(name)}, rows, count, "least confident")
+
+
+def _mistake_group(true: str, predicted: str, count: int, rows: pd.DataFrame) -> Group:
+    return Group(f"{true} \u2192 {predicted}", {"class": "mistake", "data-truth": str(true), "data-predicted":
+                                                str(predicted)}, rows, count, "most confident")
 
 
 def _thumbnail(path: str) -> str | None:
@@ -116,22 +158,25 @@ def _label_bars(counts: pd.Series) -> str:
 
 def _figure(row, thumb: str | None) -> str:
     top = ", ".join(f"{name} {score:.0%}" for name, score in zip(row.top_labels[:3], row.top_scores[:3]))
-    tip = html.escape(f"{row.path}\n{top}")
+    truth = f"truth: {row.truth}; " if isinstance(row.truth, str) else ""
+    tip = html.escape(f"{row.path}\n{truth}{top}")
     image = (f'<img src="{thumb}" alt="{html.escape(row.label)}" loading="lazy">' if thumb
              else '<div class="missing">not readable now</div>')
     return (f'<figure class="thumb" title="{tip}" data-path="{html.escape(row.path)}">{image}'
             f'<figcaption><b>{row.score:.0%}</b> {html.escape(top)}</figcaption></figure>')
 
 
-def _page(output, frame, ok, failed, counts, shown, thumbs) -> str:
-    sections = []
-    for name, count in counts.items():
-        rows = shown[shown["label"] == name]
-        grid = "".join(_figure(r, thumbs.get(r.path)) for r in rows.itertuples())
-        more = f", least confident {len(rows)} shown" if len(rows) < count else ""
-        sections.append(f'<section class="label" data-label="{html.escape(str(name))}" data-count="{count}">'
-                        f'<h2>{html.escape(str(name))} <small>{count} images{more}</small></h2>'
-                        f'<div class="grid">{grid}</div></section>')
+def _section(group: Group, thumbs: dict[str, str | None]) -> str:
+    grid = "".join(_figure(r, thumbs.get(r.path)) for r in group.rows.itertuples())
+    more = f", {group.order} {len(group.rows)} shown" if len(group.rows) < group.count else ""
+    attributes = " ".join(f'{key}="{html.escape(value)}"' for key, value in group.attributes.items())
+    return (f'<section {attributes} data-count="{group.count}">'
+            f'<h2>{html.escape(group.title)} <small>{group.count} images{more}</small></h2>'
+            f'<div class="grid">{grid}</div></section>')
+
+
+def _page(output, frame, ok, failed, counts, groups, thumbs, scored, wrong) -> str:
+    sections = [_section(group, thumbs) for group in groups]
     error_rows = "".join(f"<tr><td>{html.escape(r.path)}</td><td>{html.escape(r.error)}</td></tr>"
                          for r in failed.head(MAX_ERRORS).itertuples())
     errors = (f'<section id="errors" data-count="{len(failed)}"><h2>Errors <small>{len(failed)} images'
@@ -154,11 +199,25 @@ table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px 
 .chart {{ max-width: 48%; }}
 </style></head><body>
 <h1>Labels of <code>{html.escape(output)}</code></h1>
-<p id="totals" data-rows="{len(frame)}" data-errors="{len(failed)}" data-labels="{len(counts)}">
-{len(frame)} images, {len(counts)} labels, {len(failed)} errors. Least confident first; hover for the path
-and the top 3.</p>
+<p id="totals" data-rows="{len(frame)}" data-errors="{len(failed)}" data-labels="{len(counts)}"\
+{_truth_data(scored, wrong)}>
+{len(frame)} images, {len(counts)} labels, {len(failed)} errors. {_truth_text(frame, scored, wrong)}</p>
 <div>{charts}</div>
 {''.join(sections)}
 {errors}
 </body></html>
 """
+
+
+def _truth_data(scored: int | None, wrong: int | None) -> str:
+    return "" if scored is None else f' data-scored="{scored}" data-wrong="{wrong}"'
+
+
+def _truth_text(frame: pd.DataFrame, scored: int | None, wrong: int | None) -> str:
+    if scored is None:
+        return "Least confident first; hover for the path and the top 3."
+    accuracy = f" (accuracy {1 - wrong / scored:.1%})" if scored else ""
+    untruthed = int(frame["truth"].isna().sum())
+    return (f"{wrong} of the {scored} images with a truth are labeled wrong{accuracy}, grouped by true \u2192 "
+            f"predicted class, most confident first; rows without a truth: {untruthed}. Hover for the path, "
+            "the truth and the top 3.")

@@ -79,3 +79,30 @@ def test_report_for_one_label_and_unknown_label(labeled, tmp_path):
     assert 'data-errors="0"' in page
     missing = runner.invoke(app, ["report", str(labeled), str(tmp_path / "x.html"), "--label", "zebra"])
     assert missing.exit_code == 2 and "no rows with label 'zebra'" in missing.output
+
+
+@pytest.mark.slow
+def test_with_the_truth_the_page_groups_the_mistakes_by_true_and_predicted_class(labeled, tmp_path):
+    import pandas as pd
+
+    rows = pd.read_parquet(labeled)
+    ok = rows[rows["error"].isna()]
+    truth = ok[["path", "label"]].copy()
+    relabeled = truth["path"].str.contains(r"coffee_0\d\.png$")  # 10 copies whose truth says otherwise
+    truth.loc[relabeled, "label"] = "cup"
+    truth = truth[~truth["path"].str.endswith("rocket.jpg")]  # one image with no truth
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    report = tmp_path / "mistakes.html"
+    result = runner.invoke(app, ["report", str(labeled), str(report), "--truth", str(tmp_path / "truth.csv"),
+                                 "--max-per-label", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"10 wrong of {len(ok) - 1} images with a truth" in result.output
+    page = report.read_text()
+    assert f'data-scored="{len(ok) - 1}" data-wrong="10"' in page
+    assert "rows without a truth: 3." in page  # rocket and the two broken files
+    assert 'class="label"' not in page  # the mistakes only
+    [section] = re.findall(r'<section class="mistake" data-truth="cup" data-predicted="espresso" data-count="10">'
+                           r'(.*?)</section>', page, re.S)
+    assert section.count('class="thumb"') == 4 and "most confident 4 shown" in section
+    assert section.count("data:image/jpeg;base64,") == 4 and "truth: cup" in section
+    assert page.count('<section class="mistake"') == 1

@@ -40,6 +40,17 @@ def no_storage_options_left_behind():
     storage.set_storage_options(None)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for a module's in-process jobs (each job reuses it instead of starting its own), as a
+    notebook has; ``address="local"`` never attaches to a cluster another test left running."""
+    import ray
+
+    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def skimage_data() -> Path:
     import skimage

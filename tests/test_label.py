@@ -17,14 +17,7 @@ runner = CliRunner()
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module's in-process jobs (each job reuses it instead of starting its own)."""
-    import ray
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray for the module (conftest)
 
 
 @pytest.fixture()

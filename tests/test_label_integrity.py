@@ -207,15 +207,6 @@ def _small_run(photo_dir: Path, out: Path, *extra: str):
     return runner.invoke(app, ["label", str(photo_dir), str(out), "--batch-size", "4", *extra])
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_resume_with_other_settings_damaged_and_foreign_files_are_refused(photo_dir, tmp_path, local_ray):
     out = tmp_path / "out"

@@ -8,7 +8,6 @@ import random
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -20,15 +19,6 @@ from pipeline.cli import app
 from pipeline.identity_set import IdentitySet, hash_identities
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def _label(*args: str):

@@ -12,14 +12,7 @@ from pipeline.errors import UserError
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module, as a notebook has: every call reuses it."""
-    import ray
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray for the module (conftest)
 
 
 @pytest.fixture(scope="module")

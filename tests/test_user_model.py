@@ -31,15 +31,6 @@ def _pixels(photos, names, size: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tutorial_models(tmp_path_factory, photos):
     """The tutorials' transfer-learning model: frozen base, Dropout, Dense(1, sigmoid), in three formats."""
     import keras
@@ -93,7 +84,7 @@ def _label(*args: str):
 
 @pytest.mark.slow
 def test_tutorial_model_labels_the_same_through_keras_h5_and_savedmodel(tutorial_models, photo_dir, tmp_path,
-                                                                       ray_local):
+                                                                       local_ray):
     frames = {}
     for name in ("cats_dogs.keras", "cats_dogs.h5", "cats_dogs_savedmodel"):
         out = tmp_path / name

@@ -38,6 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class HeadExited(RuntimeError):
+    """`ray start` ended before the head answered (for example a chosen port was taken meanwhile)."""
+
+
 class RayHead:
     """`ray start --head --block` in its own session; stopped by signalling only its own processes."""
 
@@ -62,14 +66,18 @@ class RayHead:
         self.log = open(root / "ray-head.log", "wb")
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except RuntimeError:
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         headers = {"Authorization": f"Bearer {self.token_file.read_text()}"}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited {self.process.returncode}; see {self.log.name}")
+                raise HeadExited(f"ray start exited {self.process.returncode}; see {self.log.name}")
             try:
                 if requests.get(f"{self.address}/api/jobs/", headers=headers, timeout=2).status_code == 200:
                     return
@@ -101,10 +109,26 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+HEAD_ATTEMPTS = 3  # free_port() picks ports that another process may bind before the head does
+
+
+def start_head(root: Path) -> RayHead:
+    for attempt in range(1, HEAD_ATTEMPTS + 1):
+        folder = root / f"attempt-{attempt}"
+        folder.mkdir()
+        try:
+            return RayHead(folder)
+        except HeadExited as err:
+            if attempt == HEAD_ATTEMPTS:
+                raise
+            print(f"{err}: starting the head again on other ports")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     started = time.monotonic()
-    ray_head = RayHead(tmp_path_factory.mktemp("ray-head"))
+    ray_head = start_head(tmp_path_factory.mktemp("ray-head"))
     print(f"ray head ready in {time.monotonic() - started:.1f} s at {ray_head.address}")
     yield ray_head
     ray_head.stop()

@@ -3,14 +3,14 @@
 Each takes the options of its command as keywords spelled as the command's options with underscores
 (``--top-k 3`` is ``top_k=3``, ``--resume`` is ``resume=True``), with the same defaults, because both
 go through the same parser to the same config (``pipeline.cli``). Python values are taken where the
-command takes text: ``concurrency=4`` or ``(1, 8)``, ``storage_options={...}``, ``classes=["cat", "dog"]``.
+command takes text: ``concurrency=4`` or ``(1, 8)``, ``classes=["cat", "dog"]``, and ``storage_options={...}``
+(the JSON options' parser takes a dict as it is).
 An unknown keyword is a TypeError naming the closest option; a bad value is the command's UserError.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import sys
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
@@ -111,8 +111,6 @@ def cli_value(name: str, value: Any) -> Any:
         return str(value)
     if name == "concurrency" and isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
-    if name == "storage_options" and isinstance(value, dict):
-        return json.dumps(value)
     if name == "classes" and isinstance(value, (tuple, list)):
         if any("," in str(v) for v in value):
             raise ValueError(f"classes={list(value)!r}: a class name with a comma needs a classes file (one "

@@ -60,20 +60,21 @@ def build_report(output: str, report: str, label: str | None = None, max_per_lab
     ok = frame[frame["error"].isna()]
     failed = frame[frame["error"].notna()]
     counts = ok["label"].value_counts()
+    scored = wrong = None
     if truth is None:
         shown = ok.sort_values("score").groupby("label", sort=False).head(max_per_label)
-        groups = [_label_group(name, count, shown[shown["label"] == name]) for name, count in counts.items()]
-        scored = wrong = None
+        by_label = dict(tuple(shown.groupby("label", sort=False)))
+        groups = [_label_group(name, count, by_label[name]) for name, count in counts.items()]
     else:
-        scored = ok[ok["truth"].notna()]
-        mistakes = scored[scored["label"] != scored["truth"]]
+        judged = ok[ok["truth"].notna()]
+        mistakes = judged[judged["label"] != judged["truth"]]
         shown = mistakes.sort_values("score", ascending=False).groupby(["truth", "label"], sort=False).head(
             max_per_label)
+        by_pair = dict(tuple(shown.groupby(["truth", "label"], sort=False)))
         pairs = mistakes.groupby(["truth", "label"]).size().sort_values(ascending=False, kind="stable")
-        groups = [_mistake_group(true, predicted, count,
-                                 shown[(shown["truth"] == true) & (shown["label"] == predicted)])
+        groups = [_mistake_group(true, predicted, count, by_pair[(true, predicted)])
                   for (true, predicted), count in pairs.items()]
-        scored, wrong = len(scored), len(mistakes)
+        scored, wrong = len(judged), len(mistakes)
     with ThreadPoolExecutor(threads) as pool:
         thumbs = dict(zip(shown["path"], pool.map(_thumbnail, shown["path"])))
     page = _page(output, frame, ok, failed, counts, groups, thumbs, scored, wrong)

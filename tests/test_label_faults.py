@@ -84,10 +84,14 @@ def test_resume_after_driver_killed_is_exactly_once(many_photos, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
-def _predictor_processes() -> list[psutil.Process]:
+def _predictor_processes(driver: subprocess.Popen) -> list[psutil.Process]:
+    """The predictor actors of this driver's own local Ray (never those of a job another test runs beside it)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
+    for p in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
         if "MapWorker" in cmdline and "Predictor" in cmdline:
             found.append(p)
     return found
@@ -96,11 +100,10 @@ def _predictor_processes() -> list[psutil.Process]:
 @pytest.mark.slow
 def test_killed_actor_is_replaced_and_output_stays_exactly_once(many_photos, tmp_path):
     out = tmp_path / "out"
-    before = {p.pid for p in _predictor_processes()}
     proc = _start(many_photos, out)
     try:
         _wait_for_parts(out, 1, proc)
-        victims = [p for p in _predictor_processes() if p.pid not in before]
+        victims = _predictor_processes(proc)
         assert victims, "no predictor actor process found"
         for victim in victims:
             victim.kill()  # kill -9 of the actor's process

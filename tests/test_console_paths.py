@@ -148,8 +148,8 @@ def test_rows_per_file_means_parts_of_exactly_that_many_rows(tmp_path):
 
 
 def _signal_masks(pid: int) -> list[str]:
-    """The driver's blocked, ignored and caught signal masks: a run that finished as if no Ctrl-C came (seen
-    twice in full-suite runs, never alone) shows whether SIGINT reached a Python handler at all."""
+    """The driver's blocked, ignored and caught signal masks: when a run finishes as if no Ctrl-C came, they
+    show whether SIGINT could reach a Python handler at all."""
     with open(f"/proc/{pid}/status") as f:
         return [line for line in f.read().splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
 
@@ -165,10 +165,10 @@ def test_ctrl_c_says_what_is_safe_and_the_printed_command_finishes_the_job(photo
     while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    dispositions = _signal_masks(proc.pid)
+    masks = _signal_masks(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (dispositions, stdout + stderr)
+    assert proc.returncode == 130, (masks, stdout + stderr)
     assert "Traceback" not in stderr, stderr
     said = [line for line in stderr.splitlines() if line.startswith("interrupted: ")]
     assert len(said) == 1, stderr

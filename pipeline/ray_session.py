@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from typing import Iterator
 
 from pipeline.console_noise import without_known_noise
@@ -25,6 +26,43 @@ def local_ray_system_config() -> dict[str, int]:
         return {}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {"num_workers_soft_limit": WORKERS_PER_CPU * cpus}
+
+
+def start_local_ray(**init_options) -> None:
+    """``ray.init`` a fresh local Ray (no dashboard) whose workers never ask another cluster's state API.
+
+    Ray's workers find "the" cluster's state API through ``RAY_API_SERVER_ADDRESS``, else through the last
+    cluster a ``ray start`` on this machine recorded. Ray Train's ``PlacementGroupCleaner`` asks that API
+    every second whether the run's controller is alive; told "no such actor" by another cluster's dashboard,
+    it removed the training workers' placement group, so with any ``ray start`` cluster on the same machine
+    every local fine-tuning run died a second into training ("Destroying worker since its placement group
+    was removed"). Here the raylet, and so every worker (they inherit its environment), starts with
+    ``RAY_API_SERVER_ADDRESS`` naming the port reserved for this Ray's own API server. With no dashboard
+    nothing answers there: the cleaner's question fails, which it takes as "ask again later", and a local
+    Ray's placement groups end with it. The variable is put back in this process once Ray has started.
+    """
+    import ray
+
+    port = _free_local_port()
+    saved = os.environ.get(API_SERVER_VARIABLE)
+    os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", dashboard_port=port,
+                 _system_config=local_ray_system_config(), **init_options)
+    finally:
+        if saved is None:
+            os.environ.pop(API_SERVER_VARIABLE, None)
+        else:
+            os.environ[API_SERVER_VARIABLE] = saved
+
+
+API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def quiet_ray_data(verbose: bool) -> None:
@@ -91,10 +129,12 @@ def _connected(address: str | None, verbose: bool) -> Iterator[None]:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    local = {"_system_config": local_ray_system_config()} if address == "local" else {}
     try:
-        ray.init(address=address, include_dashboard=False,
-                 logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose, **local)
+        if address == "local":
+            start_local_ray(logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose)
+        else:
+            ray.init(address=address, include_dashboard=False,
+                     logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "
                         "(e.g. 'ray://HEAD:10001' or 'HEAD:6379' from inside the cluster)") from err

@@ -43,10 +43,13 @@ def no_storage_options_left_behind():
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for a module's in-process jobs (each job reuses it instead of starting its own), as a
-    notebook has; ``address="local"`` never attaches to a cluster another test left running."""
+    notebook has; started as a job starts its own (never attached to, nor answered for by, a cluster
+    another test runs)."""
     import ray
 
-    ray.init(address="local", include_dashboard=False, num_cpus=2, logging_level="WARNING")
+    from pipeline.ray_session import start_local_ray
+
+    start_local_ray(num_cpus=2, logging_level="WARNING")
     yield
     ray.shutdown()
 

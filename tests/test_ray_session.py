@@ -4,6 +4,7 @@ TensorFlow log level is a default that a user's own setting overrides."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -215,3 +216,61 @@ def test_a_task_worker_outlives_its_idle_second_when_actors_hold_the_cpus():
         time.sleep(3)  # Ray kills idle workers beyond its pool size after 1 s
         second = ray.get(worker_pid.remote())
     assert second == first, "the decode worker was killed while idle and a new one started"
+
+
+NEIGHBOUR_SCRIPT = textwrap.dedent("""
+    import json, os
+    import ray
+    from ray.util.state import get_actor
+    from ray.util.state.exception import RayStateApiException
+    from pipeline.ray_session import ray_session
+
+    @ray.remote(num_cpus=0)
+    class Controller:  # stands for Ray Train's run controller: alive for as long as we ask
+        def ready(self):
+            return True
+
+    @ray.remote(num_cpus=0)
+    def ask(actor_id):
+        # What Ray Train's PlacementGroupCleaner asks every second from a worker of this Ray; an answer of
+        # None ("no such actor") makes it remove the training workers' placement group.
+        from ray.dashboard.utils import get_address_for_submission_client
+        try:
+            answer = "alive" if get_actor(actor_id, timeout=5).state != "DEAD" else "dead"
+        except RayStateApiException:
+            answer = "unanswered"
+        except AttributeError:  # get_actor returned None
+            answer = "no such actor"
+        return get_address_for_submission_client(None), answer
+
+    with ray_session(None):
+        controller = Controller.remote()
+        ray.get(controller.ready.remote())
+        url, answer = ray.get(ask.remote(controller._actor_id.hex()))
+    print(json.dumps({"url": url, "answer": answer, "left_set": os.environ.get("RAY_API_SERVER_ADDRESS")}))
+""")
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_elsewhere_on_the_machine_never_answers_for_our_local_ray(tmp_path):
+    """Another Ray on the machine (a `ray start` head, a notebook's Ray) answered Ray Train's "is the
+    controller alive?" with "no such actor", and every local fine-tuning run died a second into training.
+
+    A user's `ray start` records itself in /tmp/ray, where our workers looked first; this test's neighbour
+    keeps its own temp dir (it must not disturb the machine's Ray), and then our workers could not even
+    choose between the two clusters. Either way they must ask this Ray, never the neighbour.
+    """
+    from ray_head import start_head
+
+    neighbour = start_head(tmp_path)
+    try:
+        environ = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"}}
+        result = subprocess.run([sys.executable, "-c", NEIGHBOUR_SCRIPT], capture_output=True, text=True,
+                                timeout=300, env={**environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        neighbour.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["url"] != neighbour.address
+    assert seen["answer"] in {"alive", "unanswered"}, seen  # never "dead" or "no such actor"
+    assert seen["left_set"] is None  # the user's own process keeps its environment

@@ -34,7 +34,6 @@ def predict_dataset(dataset: Any, config: LabelConfig) -> Any:
                                     predictor_stage)
     from pipeline.models.resolved import resolve_model
 
-    config.validate()
     model = resolve_model(config.model, config.weights, config.model_settings)
     if config.embeddings:
         model.require_features()

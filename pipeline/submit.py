@@ -270,8 +270,7 @@ def check_job_locally(job: str, params: dict) -> None:
     if job == "label":
         from pipeline.cli.label import label_config
 
-        config = label_config(**params)
-        config.validate()
+        config = label_config(**params)  # a LabelConfig checks its values on construction
         if not storage.is_url(config.model):
             model_kind(config.model)  # "unknown model 'resnet5'; did you mean resnet50?"
         if config.weights not in KEYWORDS and not storage.is_url(config.weights) and not os.path.exists(config.weights):

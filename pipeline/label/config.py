@@ -40,32 +40,28 @@ RESUME_APPLIES = ("source", "output", "mode", "batch_size", "batches_per_task", 
 
 @dataclass
 class LabelConfig:
-    source: str  # folder, glob or list file; local or fsspec URL
+    """One labeling run: one field per option of ``pipeline label`` (``mode`` stands for --resume/--overwrite),
+    with its defaults, so the CLI, ``pipeline.label()``, jobs/ and ``pipeline submit`` cannot drift apart.
+    Checked on construction (``validate``): a bad value is a UserError naming the option."""
+
+    # What to label, and where the rows go.
+    source: str  # folder, glob, list file or inventory; local or fsspec URL
     output: str  # folder or bucket prefix for the Parquet parts
+    mode: str = "new"  # new | resume | overwrite
+    limit: int | None = None  # label only the first N listed images
+    retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
+    relist: bool = False  # with resume: list SOURCE again instead of reusing the listing recorded in OUTPUT
+    dry_run: bool = False  # list SOURCE, compare with OUTPUT, print the counts; label nothing, start no Ray
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
+
+    # The model, and what each row holds.
     model: str = DEFAULT_MODEL  # registry name or fine-tuned artifact location
     weights: str = "imagenet"  # imagenet | none | weights file path/URL
     top_k: int = 5  # classes kept per image
-    batch_size: int = 32  # images per forward pass
-    # Forward passes per Ray task: fewer, larger tasks cut Ray Data's per-task work (on 2 cores, 8 ran 116-117
-    # img/s steady at 6,000 images against 112 for 4, with the same total time at 1,500).
-    batches_per_task: int = 8
-    concurrency: tuple[int, int] | None = None  # predictor actors: (min, max); None: as many as fit (auto)
-    num_gpus: float = 0.0  # GPUs per predictor actor (fractions share a GPU)
-    cpus_per_decode: float = 0.25  # CPUs reserved by each decode task (1.7 ms an image; waits on storage)
-    cpus_per_actor: float = 0.75  # CPUs reserved by each predictor actor; CPU actors run TF on that many threads
-    mode: str = "new"  # new | resume | overwrite
-    address: str | None = None  # Ray cluster to join; None starts a local one
-    limit: int | None = None  # label only the first N listed images
-    rows_per_file: int = 10_000  # rows per committed part file
-    seconds_per_file: float = 30.0  # also commit at least this often
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options
     resize: str | None = None  # squash (whole image) | center-crop (shorter side fits, centre kept); None: the model's
     precision: str = "float32"  # float32 | mixed (mixed_float16: float16 compute on GPUs)
     xla: bool = False  # compile the forward pass with XLA
     embeddings: bool = False  # add the 'embedding' column: each image's pooled penultimate features (float16)
-    read_retries: int = DEFAULT_RETRIES  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
-    verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
-    progress: bool = True  # print the progress line while labeling
     # How to read a model file the user trained (--model PATH.keras/.h5/SavedModel); see ModelSettings.
     classes: tuple[str, ...] | None = None  # output index -> name; None: class_0..class_{n-1}
     preprocess: str | None = None  # rescale|caffe|tf|torch|none|<registry name>
@@ -74,13 +70,29 @@ class LabelConfig:
     multi_label: bool = ModelSettings.multi_label  # write every class at or above ``threshold``
     threshold: float = ModelSettings.threshold  # multi-label cut-off
 
+    # The cluster, and how the work is cut up.
+    address: str | None = None  # Ray cluster to join; None starts a local one
+    batch_size: int = 32  # images per forward pass
+    # Forward passes per Ray task: fewer, larger tasks cut Ray Data's per-task work (on 2 cores, 8 ran 116-117
+    # img/s steady at 6,000 images against 112 for 4, with the same total time at 1,500).
+    batches_per_task: int = 8
+    concurrency: tuple[int, int] | None = None  # predictor actors: (min, max); None: as many as fit (auto)
+    num_gpus: float = 0.0  # GPUs per predictor actor (fractions share a GPU)
+    cpus_per_decode: float = 0.25  # CPUs reserved by each decode task (1.7 ms an image; waits on storage)
+    cpus_per_actor: float = 0.75  # CPUs reserved by each predictor actor; CPU actors run TF on that many threads
+
+    # How the run behaves: commits, retries, failures, the lease on OUTPUT, the console.
+    rows_per_file: int = 10_000  # rows per committed part file
+    seconds_per_file: float = 30.0  # also commit at least this often
+    read_retries: int = DEFAULT_RETRIES  # rounds of re-reading objects after a transient error (0.5 s, 1 s, 2 s, ... apart)
     max_error_rate: float | None = None  # stop early when more than this share of rows fail; None: never
-    retry_errors: bool = False  # with resume: label again the paths whose rows hold an error
     force_unlock: bool = False  # take OUTPUT's lease even if its holder's heartbeat has not expired
     lease_seconds: float = 60.0  # a lease without a heartbeat for this long is expired
-    dry_run: bool = False  # list SOURCE, compare with OUTPUT, print the counts; label nothing, start no Ray
-    relist: bool = False  # with resume: list SOURCE again instead of reusing the listing recorded in OUTPUT
+    verbose: bool = False  # show Ray Data's logs and the workers' output, not just our progress line
+    progress: bool = True  # print the progress line while labeling
 
+    def __post_init__(self) -> None:
+        self.validate()
 
     @property
     def task_size(self) -> int:

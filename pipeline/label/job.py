@@ -50,7 +50,7 @@ def run_label_job(config: LabelConfig, progress: Callable[[str], None] = lambda 
     retries them; StorageError (exit 1, one line) when a storage call of the driver failed after retries.
     """
     started = time.monotonic()
-    config.validate()
+    config.validate()  # again: a library caller may have changed a field since construction
     storage.set_storage_options(config.storage_options)
     Lease.refuse_if_held(config.output, config.force_unlock)  # a busy OUTPUT: refused before anything else
     model = resolve_model(config.model, config.weights, config.model_settings)  # the one look at the model

@@ -186,9 +186,34 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict[
             "error": np.array(fetched.errors, dtype=object), "transient": fetched.transient}
 
 
-def drop_failed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    keep = batch["error"] == ""
-    return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int32)}
+def decode_good_rows(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any], resize_mode: str,
+                     retries: int, failures: Any) -> dict[str, np.ndarray]:
+    """``decode_batch``, keeping only the images that decoded (columns image and label); the others go to the
+    ``failures`` actor, which this task waits on, so they are all there once the split has materialized."""
+    import ray
+
+    decoded = decode_batch(batch, size, storage_options, resize_mode, retries)
+    keep = decoded["error"] == ""
+    if not keep.all():
+        ray.get(failures.add.remote([(str(path), str(error), bool(transient)) for path, error, transient
+                                     in zip(decoded["path"][~keep], decoded["error"][~keep],
+                                            decoded["transient"][~keep])]))
+    return {"image": decoded["image"][keep], "label": decoded["label"][keep].astype(np.int32)}
+
+
+class FailedImages:
+    """(path, error, transient) of every image a decode task could not use, by path: a task Ray runs again
+    reports its images again."""
+
+    def __init__(self) -> None:
+        self._failed: dict[str, tuple[str, bool]] = {}
+
+    def add(self, rows: list[tuple[str, str, bool]]) -> None:
+        for path, error, transient in rows:
+            self._failed[path] = (error, transient)
+
+    def rows(self) -> list[tuple[str, str, bool]]:
+        return [(path, error, transient) for path, (error, transient) in sorted(self._failed.items())]
 
 
 @dataclass
@@ -202,18 +227,20 @@ class DecodedSplit:
 def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
                  storage_options: dict[str, Any], resize_mode: str = "squash",
                  retries: int = DEFAULT_RETRIES) -> DecodedSplit:
-    """Decode ``items`` once with Ray Data; corrupt images are dropped and reported, never fatal."""
+    """Decode ``items`` once with Ray Data into Ray's object store, holding only the images that decoded (so
+    the pixels are stored once); corrupt images are reported and skipped, never fatal."""
     import ray
 
+    failures = ray.remote(num_cpus=0)(FailedImages).remote()
     blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
     decoded = ray.data.from_items([{"path": p, "label": label} for p, label in items],
                                   override_num_blocks=blocks)
-    decoded = decoded.map_batches(decode_batch, fn_kwargs={"size": size, "storage_options": storage_options,
-                                                                 "resize_mode": resize_mode, "retries": retries},
-                                  batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=1).materialize()
+    good = decoded.map_batches(decode_good_rows,
+                               fn_kwargs={"size": size, "storage_options": storage_options,
+                                          "resize_mode": resize_mode, "retries": retries, "failures": failures},
+                               batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=1).materialize()
     failed, transient = [], []
-    for row in decoded.select_columns(["path", "error", "transient"]).iter_rows():
-        if row["error"]:
-            (transient if row["transient"] else failed).append((row["path"], row["error"]))
-    good = decoded.map_batches(drop_failed, batch_format="numpy", num_cpus=1).materialize()
+    for path, error, is_transient in ray.get(failures.rows.remote()):
+        (transient if is_transient else failed).append((path, error))
+    ray.kill(failures)
     return DecodedSplit(good, good.count(), failed, transient)

@@ -91,15 +91,16 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 40000])
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("extra", nargs="*", help="more 'pipeline finetune' options, after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # more 'pipeline finetune' options
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     decoded = args.image_size * args.image_size * 3
     print(f"{'images':>8} {'decoded MiB':>12} {'seconds':>8} {'peak PSS MiB':>13} {'spilled MiB':>12}")
     peaks = []
     for count in args.sizes:
         data = build(args.workdir, count, args.image_size)
-        seconds, peak, spill, _ = run(data, args.workdir / f"model-{count}", args.image_size, args.extra)
+        seconds, peak, spill, _ = run(data, args.workdir / f"model-{count}", args.image_size, extra)
         peaks.append(peak)
         print(f"{count:>8,} {count * decoded / 2**20:>12.0f} {seconds:>8.1f} {peak / 2**20:>13.0f} "
               f"{spill / 2**20:>12.0f}", flush=True)

@@ -58,7 +58,7 @@ def test_every_finetune_option_reaches_its_setting():
             "--val", "VAL", "--image-size", "64", "--resize", "center-crop", "--augment", "flip", "--best-by",
             "val_loss", "--patience", "2", "--seed", "7", "--shuffle-buffer", "10", "--overwrite", "--address", "auto",
             "--cpus-per-worker", "2", "--storage-options", '{"anon": true}', "--read-retries", "1", "--verbose",
-            "--path-column", "file", "--label-column", "truth", "--min-score", "0.9"]
+            "--path-column", "file", "--label-column", "truth", "--min-score", "0.9", "--decode", "every-epoch"]
     config = finetune_config(**_parsed("finetune", args))
     # --cache-features excludes augmentation and stage 2, --resume excludes --overwrite: checked below
     apart = {"data", "output", "cache_features", "resume"}

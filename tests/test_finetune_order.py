@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.finetune.data import decode_split, epoch_order, list_training_files, shuffled
+from pipeline.finetune.data import decode_split, epoch_order, list_training_files, shuffled, stream_split
 
 BUFFER, BATCH, WORKERS = 8, 8, 2  # a class has 70-90 training images: about ten times one worker's buffer
 
@@ -68,3 +71,30 @@ def test_training_batches_mix_the_classes_though_a_class_is_many_buffers(ray_loc
     # Every image is still seen once per epoch (equal shards drop at most WORKERS-1).
     seen = sum(len(labels) for shard in first for labels in shard)
     assert ours.count - WORKERS < seen <= ours.count
+
+
+def _pixel_digests(dataset) -> list[tuple[int, str]]:
+    return sorted((int(label), hashlib.sha256(image.tobytes()).hexdigest())
+                  for batch in dataset.iter_batches(batch_size=64, batch_format="numpy")
+                  for image, label in zip(batch["image"], batch["label"]))
+
+
+def test_a_streamed_split_gives_the_same_images_every_epoch_and_leaves_out_one_gone_since(ray_local, three_classes,
+                                                                                         tmp_path):
+    """--decode every-epoch: nothing decoded is kept, so each read decodes again, and an image that decoded
+    at the start but fails in a later epoch is left out of that epoch and reported, not fatal."""
+    root = shutil.copytree(three_classes, tmp_path / "data")
+    files = list_training_files(str(root), None, 0.2)
+    order = shuffled(files.train, 1234)
+    once = decode_split(order, 32, BATCH, {})
+    streamed = stream_split(order, 32, BATCH, {})
+    assert streamed.count == once.count == len(files.train) and streamed.failed == []
+    assert _pixel_digests(streamed.dataset) == _pixel_digests(once.dataset)  # the same pixels and labels
+    assert _majority_share(_epoch_batches(epoch_order(streamed.dataset, 1234), 1)) < 0.62  # mixed as well
+
+    gone = order[0][0]
+    os.remove(gone)
+    later = sum(len(batch["label"]) for batch in streamed.dataset.iter_batches(batch_size=64, batch_format="numpy"))
+    assert later == streamed.count - 1
+    assert [path for path, _ in streamed.failed_later()] == [gone]
+    assert once.failed_later() == []

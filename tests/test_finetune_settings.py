@@ -35,6 +35,7 @@ def _text(output: str) -> str:
     ({"cache_features": True}, "add --augment none"),
     ({"dropout": 1.0}, "--dropout 1 should be at least 0 and below 1"),
     ({"resize": "stretch"}, "--resize 'stretch' is not one of squash, center-crop"),
+    ({"decode": "sometimes"}, "--decode 'sometimes' should be one of auto, once, every-epoch"),
 ])
 def test_the_config_refuses_bad_settings_itself(options, message):
     """The CLI, jobs/finetune.py and library callers all get these checks from FinetuneConfig."""
@@ -147,3 +148,20 @@ def test_ray_train_hands_the_shorter_health_check_to_the_controller_unless_the_u
     monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
     with controller_checks_often():
         assert get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "3"
+
+
+def test_auto_decodes_once_while_the_images_take_half_the_object_store_and_streams_beyond():
+    from pipeline.finetune.data import choose_decode
+
+    cluster = {"CPU": 4.0, "object_store_memory": 8 * 2**30}
+    fits = 8 * 2**30 // 2 // (96 * 96 * 3)  # images at 96 px that take exactly half the store
+    assert choose_decode("auto", fits, 96, cluster, worker_cpus=2.0).mode == "once"
+    beyond = choose_decode("auto", fits + 1, 96, cluster, worker_cpus=2.0)
+    assert beyond.mode == "every-epoch" and "more than half of Ray's 8.0 GiB object store" in beyond.line
+    # With no CPU left beside the workers, decode tasks could never run during training: once, spilled.
+    full = choose_decode("auto", 3 * fits, 96, cluster, worker_cpus=4.0)
+    assert full.mode == "once" and "the rest spilled to local disk" in full.line
+    assert choose_decode("once", 3 * fits, 96, cluster, worker_cpus=2.0).mode == "once"
+    assert choose_decode("every-epoch", 10, 96, cluster, worker_cpus=2.0).mode == "every-epoch"
+    with pytest.raises(UserError, match="lower --workers or --cpus-per-worker, or use --decode once"):
+        choose_decode("every-epoch", 10, 96, cluster, worker_cpus=3.5)

@@ -38,23 +38,31 @@ def _weights(location: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_one_step_with_one_worker_equals_one_step_with_two_on_the_same_global_batch(tmp_path):
+def test_one_step_with_one_worker_equals_one_step_with_two_and_with_images_decoded_every_epoch(tmp_path):
     train = _digit_folders(tmp_path / "train", {0: 8, 1: 8})  # 16 images: one global batch
+    good = (train / "1").glob("*.png").__next__().read_bytes()
+    (train / "1" / "corrupt.png").write_bytes(good[: len(good) // 2])  # skipped by every run
     val = _digit_folders(tmp_path / "val", {0: 2, 1: 2}, skip=8)
     common = ["--val", str(val), "--epochs", "1", "--image-size", "32", "--augment", "none", "--dropout", "0",
               "--lr", "1e-2", "--lr-schedule", "constant", "--seed", "7"]
-    for workers, batch in ((1, 16), (2, 8)):
-        result = runner.invoke(app, ["finetune", str(train), str(tmp_path / f"w{workers}"), "--workers",
-                                     str(workers), "--batch-size", str(batch), *common])
+    runs = {"w1": ["--workers", "1", "--batch-size", "16", "--decode", "once"],
+            "w2": ["--workers", "2", "--batch-size", "8"],  # 2 workers take both CPUs here: auto decodes once
+            "streamed": ["--workers", "1", "--batch-size", "16", "--decode", "every-epoch"]}
+    for name, options in runs.items():
+        result = runner.invoke(app, ["finetune", str(train), str(tmp_path / name), *options, *common])
         assert result.exit_code == 0, result.output
-        with open(tmp_path / f"w{workers}" / "history.csv", newline="") as f:
+        assert "1 unreadable image skipped" in result.stdout
+        with open(tmp_path / name / "history.csv", newline="") as f:
             assert [row["train_images"] for row in csv.DictReader(f)] == ["16"]  # one step on all 16 images
-    one, two = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
+    assert "decoding every epoch, streamed" in result.output
+    one = _weights(tmp_path / "w1")
     bias = one[-1]
     assert np.abs(bias).min() > 1e-3, "the step did not move the new head (its bias starts at zero)"
-    assert len(one) == len(two)
-    for a, b in zip(one, two):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for other in ("w2", "streamed"):  # the same gradient: the same images, labels and global batch
+        weights = _weights(tmp_path / other)
+        assert len(one) == len(weights)
+        for a, b in zip(one, weights):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
                     lr_schedule: str, dropout: float, val_fraction: float, val: Optional[str], path_column: str,
                     label_column: str, min_score: Optional[float],
                     image_size: Optional[int], resize, augment: str, no_augment: bool, cache_features: bool,
-                    best_by: str, patience: int, seed: int, shuffle_buffer: int, resume: bool, overwrite: bool,
+                    decode: str, best_by: str, patience: int, seed: int, shuffle_buffer: int, resume: bool, overwrite: bool,
                     address: Optional[str], cpus_per_worker: float, storage_options: Optional[str],
                     read_retries: int, verbose: bool, **_: object) -> FinetuneConfig:
     """The FinetuneConfig the parsed options describe (it checks itself: UserError)."""
@@ -76,7 +76,7 @@ def finetune_config(data: str, output: str, base: str, workers: int, use_gpu: bo
         dropout=dropout, val_fraction=val_fraction, val=val, path_column=path_column, label_column=label_column,
         min_score=min_score, image_size=image_size,
         resize=getattr(resize, "value", resize), augment="none" if no_augment else augment,
-        cache_features=cache_features, best_by=best_by, patience=patience, seed=seed,
+        cache_features=cache_features, decode=decode, best_by=best_by, patience=patience, seed=seed,
         shuffle_buffer=shuffle_buffer, resume=resume, overwrite=overwrite, address=address,
         storage_options=storage_options if storage_options else current_options(), read_retries=read_retries,
         verbose=verbose,
@@ -110,6 +110,10 @@ def finetune_command(
     augment: Annotated[str, typer.Option(callback=_checked_augment, help="Random transforms on training images, comma-separated from flip,rotate,zoom,contrast, or 'none'. No flip for digits, text or signs.")] = ",".join(FinetuneConfig.augment) or "none",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.")] = False,
     cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --augment none: compute the base's features once, then train the head on them.")] = FinetuneConfig.cache_features,
+    decode: Annotated[str, typer.Option(
+        help="once: decode the images once into Ray's object store (spilled to disk beyond it); every-epoch: "
+             "decode them again each epoch, streamed (memory stays flat however many images; needs CPUs beside "
+             "the workers'); auto: once when the decoded images take at most half the object store.")] = FinetuneConfig.decode,
     best_by: Annotated[str, typer.Option(help="Export the epoch with the best val_accuracy or val_loss.")] = FinetuneConfig.best_by,
     patience: Annotated[int, typer.Option(min=0, help="End a stage after N epochs without a better --best-by (0: off).")] = FinetuneConfig.patience,
     seed: Annotated[int, typer.Option(help="Seed of the new head and of the training order.")] = FinetuneConfig.seed,

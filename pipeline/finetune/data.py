@@ -1,8 +1,10 @@
 """The fine-tuning data: class-per-folder listing, a per-file hash split, and Ray Data decoding.
 
-Images are decoded by ``pipeline.images`` (the labeling job's decoder), once per
-run, into Ray's object store, in a seeded random order so every block mixes the
-classes; training workers then read equal shards of it.
+Images are decoded by ``pipeline.images`` (the labeling job's decoder) in a seeded random order, so every
+block mixes the classes, and training workers read equal shards. ``--decode once`` decodes them once per run
+into Ray's object store (which spills to local disk beyond its size); ``every-epoch`` streams them through
+the decode tasks again in each epoch, holding only Ray Data's window of blocks however many images there
+are; ``auto`` picks once while the decoded images take at most half the object store (``choose_decode``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pipeline.images import is_image_path
 SHUFFLE_SEED = 1234  # default seed of the training order (--seed)
 ROWS_PER_BLOCK = 64  # decoded rows per Ray block: small blocks make the per-epoch block shuffle fine-grained
 MAX_BLOCKS = 4096
+DECODE_MODES = ("auto", "once", "every-epoch")
+ONCE_SHARE = 0.5  # auto decodes once when the decoded images take at most this share of Ray's object store
+DECODE_CPUS = 1.0  # CPUs each decode task reserves; decoding every epoch needs them beside the workers'
+STREAM_WINDOW = 1024  # decoded images Ray Data may hold ahead of each worker when it decodes every epoch
 
 
 @dataclass
@@ -218,10 +224,101 @@ class FailedImages:
 
 @dataclass
 class DecodedSplit:
-    dataset: Any  # materialized ray.data.Dataset with columns image (uint8) and label (int32)
+    dataset: Any  # ray.data.Dataset with columns image (uint8) and label (int32): materialized, or streamed
     count: int  # images that decoded
     failed: list[tuple[str, str]]  # (path, error) of the images skipped: they cannot be used
     transient: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of reads that kept failing
+    later: Any = None  # streamed: the FailedImages actor of images that decoded before but failed in an epoch
+
+    def failed_later(self) -> list[tuple[str, str]]:
+        """(path, error) of the images an epoch left out because they failed then (streamed splits only)."""
+        import ray
+
+        if self.later is None:
+            return []
+        return [(path, error) for path, error, _ in ray.get(self.later.rows.remote())]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    mode: str  # once | every-epoch
+    line: str  # what the console says about it
+
+
+def choose_decode(mode: str, images: int, size: int, resources: dict[str, float], worker_cpus: float) -> Decoding:
+    """How this run decodes (``mode``: once, every-epoch or auto), from the decoded size and the cluster."""
+    decoded = images * size * size * 3
+    store = resources.get("object_store_memory", 0.0)
+    can_stream = resources.get("CPU", 0.0) - worker_cpus >= DECODE_CPUS
+    what = f"{images:,} images at {size}x{size} take {decoded / 2**30:.2f} GiB"
+    if mode == "every-epoch" and not can_stream:
+        raise UserError(f"--decode every-epoch runs decode tasks ({DECODE_CPUS:g} CPU each) beside the training "
+                        f"workers, but the cluster has {resources.get('CPU', 0.0):g} CPUs and the workers take "
+                        f"{worker_cpus:g}; lower --workers or --cpus-per-worker, or use --decode once")
+    if mode == "every-epoch":
+        return Decoding(mode, f"decoding every epoch, streamed (none kept): {what}")
+    if mode == "once" or decoded <= ONCE_SHARE * store or not can_stream:
+        line = f"decoding once into Ray's object store: {what} of its {store / 2**30:.1f} GiB"
+        if decoded > store:
+            line += ", the rest spilled to local disk"
+        if mode == "auto" and decoded > ONCE_SHARE * store:
+            line += " (no CPU beside the workers' to decode every epoch)"
+        return Decoding("once", line)
+    return Decoding("every-epoch", f"decoding every epoch, streamed: {what}, more than half of Ray's "
+                                   f"{store / 2**30:.1f} GiB object store")
+
+
+def ingest_config(streamed: bool, workers: int, size: int) -> Any:
+    """Ray Train's ingest options: when the splits decode every epoch, Ray Data may hold ``STREAM_WINDOW``
+    decoded images per worker. Decoding outruns training, and without a cap the decode tasks parked
+    decoded pixels until Ray Data's default budget (a share of the whole object store) was full, so memory
+    grew with the data set after all. Ray Data never uses more than its default, so this only lowers it."""
+    from ray.train import DataConfig
+
+    if not streamed:
+        return DataConfig()
+    options = DataConfig.default_ingest_options()
+    limit = workers * STREAM_WINDOW * size * size * 3
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
+    return DataConfig(execution_options=options)
+
+
+def failed_rows(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any], resize_mode: str,
+                retries: int) -> dict[str, np.ndarray]:
+    """``decode_batch``, keeping only what failed (path, error, transient): the pixels are not kept."""
+    decoded = decode_batch(batch, size, storage_options, resize_mode, retries)
+    bad = decoded["error"] != ""
+    return {"path": decoded["path"][bad], "error": decoded["error"][bad], "transient": decoded["transient"][bad]}
+
+
+def stream_split(items: list[tuple[str, int]], size: int, batch_size: int,
+                 storage_options: dict[str, Any], resize_mode: str = "squash",
+                 retries: int = DEFAULT_RETRIES) -> DecodedSplit:
+    """``items`` as a Dataset that decodes them again each time it is read (each epoch), holding no pixels.
+
+    A first pass decodes every image once to find the ones that cannot be used (kept: path and error only),
+    so the count, the skipped images and a storage outage are known before training, as with ``decode_split``.
+    An image that fails in a later epoch is left out of that epoch (Ray Train's equal split keeps the
+    workers in step) and reported with ``DecodedSplit.failed_later``.
+    """
+    import ray
+
+    blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
+    options = {"size": size, "storage_options": storage_options, "resize_mode": resize_mode, "retries": retries}
+    found = ray.data.from_items([{"path": p, "label": label} for p, label in items], override_num_blocks=blocks)
+    found = found.map_batches(failed_rows, fn_kwargs=options, batch_size=max(batch_size, 32), batch_format="numpy",
+                              num_cpus=DECODE_CPUS).materialize()
+    failed, transient = [], []
+    for row in found.iter_rows():
+        (transient if row["transient"] else failed).append((row["path"], row["error"]))
+    unusable = {path for path, _ in failed + transient}
+    good = [(p, label) for p, label in items if p not in unusable]
+    later = ray.remote(num_cpus=0)(FailedImages).remote()
+    blocks = max(1, min(len(good) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
+    dataset = ray.data.from_items([{"path": p, "label": label} for p, label in good], override_num_blocks=blocks)
+    dataset = dataset.map_batches(decode_good_rows, fn_kwargs={**options, "failures": later},
+                                  batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=DECODE_CPUS)
+    return DecodedSplit(dataset, len(good), sorted(failed), sorted(transient), later)
 
 
 def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
@@ -238,7 +335,7 @@ def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
     good = decoded.map_batches(decode_good_rows,
                                fn_kwargs={"size": size, "storage_options": storage_options,
                                           "resize_mode": resize_mode, "retries": retries, "failures": failures},
-                               batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=1).materialize()
+                               batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=DECODE_CPUS).materialize()
     failed, transient = [], []
     for path, error, is_transient in ray.get(failures.rows.remote()):
         (transient if is_transient else failed).append((path, error))

@@ -25,8 +25,9 @@ from pipeline import storage
 from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.finetune.base import TrainingBase, resolve_base
-from pipeline.finetune.data import (SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource, decode_split,
-                                    epoch_order, list_training_files, shuffled, split_digest)
+from pipeline.finetune.data import (DECODE_MODES, SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource,
+                                    choose_decode, decode_split, epoch_order, ingest_config, list_training_files,
+                                    shuffled, split_digest, stream_split)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
                                       recorded_settings)
@@ -69,6 +70,7 @@ class FinetuneConfig:
     resize: str = "squash"  # squash | center-crop: how images are fitted to image_size; the export records it
     augment: tuple[str, ...] = DEFAULT_AUGMENT  # random transforms on training batches (never exported)
     cache_features: bool = False  # frozen base + no augmentation: compute base features once, train the head
+    decode: str = "auto"  # once (into Ray's object store) | every-epoch (streamed) | auto: once when it fits
     best_by: str = "val_accuracy"  # the exported epoch is the best by this (val_accuracy | val_loss)
     patience: int = 0  # end a stage after this many epochs without a better best_by (0: never)
     seed: int = SHUFFLE_SEED  # head initialization and training order
@@ -165,16 +167,24 @@ def run_finetune(config: FinetuneConfig, progress: Callable[[str], None] = lambd
         check_cluster_resources(config, ray.cluster_resources, progress=progress)
         # Listed files come one class after another: decode them in a seeded random order so every
         # block mixes the classes; each epoch then reshuffles the block order and a local buffer.
-        train = decode_split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options,
-                             config.resize, config.read_retries)
-        val = decode_split(files.val, size, config.batch_size, config.storage_options, config.resize,
-                           config.read_retries)
+        decoding = choose_decode(config.decode, len(files.train) + len(files.val), size, ray.cluster_resources(),
+                                 config.workers * config.cpus_per_worker)
+        progress(decoding.line)
+        split = decode_split if decoding.mode == "once" else stream_split
+        train = split(shuffled(files.train, config.seed), size, config.batch_size, config.storage_options,
+                      config.resize, config.read_retries)
+        val = split(files.val, size, config.batch_size, config.storage_options, config.resize, config.read_retries)
         summary = FinetuneSummary(files.class_names, train.count, val.count, train.failed + val.failed, [],
                                   config.workers, best_by=config.best_by)
         for path, error in summary.skipped[:5]:
             progress(f"skipped {path}: {error}")
         check_decoded(train, val, config.workers)
         directory = _fit(config, base, files, size, identity, plan, train, val, progress)
+        later = train.failed_later() + val.failed_later()
+        if later:
+            path, error = later[0]
+            progress(f"{plural(len(later), 'image')} decoded before training but failed in an epoch, which went on "
+                     f"without it (first: {path}: {error})")
     try:
         _finish(config, base, files, size, directory, summary, export_model=True)
     finally:
@@ -278,6 +288,8 @@ def check_settings(config: FinetuneConfig) -> None:
         raise UserError("--patience must be 0 (off) or more epochs")
     if config.shuffle_buffer < 1:
         raise UserError("--shuffle-buffer must be at least 1 image")
+    if config.decode not in DECODE_MODES:
+        raise UserError(f"--decode '{config.decode}' should be one of {', '.join(DECODE_MODES)}")
     if config.cache_features and (config.augment or config.fine_tune_epochs):
         raise UserError("--cache-features needs a base that never changes and images that never change: "
                         "add --augment none and leave --fine-tune-epochs at 0")
@@ -426,6 +438,7 @@ def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: 
                                                                    **({"GPU": 1} if config.use_gpu else {})}),
                 run_config=_run_config(config),
                 datasets={"train": train_order, "val": val.dataset},
+                dataset_config=ingest_config(train.later is not None, config.workers, size),
             )
             result = trainer.fit()
     except KeyboardInterrupt:

@@ -36,8 +36,8 @@ IDENTITY = ("data", "val", "val_fraction", "path_column", "label_column", "min_s
 FIXED = ("workers", "batch_size", "lr", "fine_tune_lr_factor", "lr_schedule", "dropout", "augment",
          "cache_features", "unfreeze", "best_by", "seed", "shuffle_buffer")
 EPOCH_COUNTS = ("epochs", "fine_tune_epochs")
-RUN = ("output", "resume", "overwrite", "patience", "address", "use_gpu", "cpus_per_worker", "storage_options",
-       "read_retries", "verbose")
+RUN = ("output", "resume", "overwrite", "patience", "address", "use_gpu", "cpus_per_worker", "decode",
+       "storage_options", "read_retries", "verbose")
 
 
 def option_name(setting: str) -> str:

@@ -129,12 +129,12 @@ def _connected(address: str | None, verbose: bool) -> Iterator[None]:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    console = {"logging_level": logging.WARNING if verbose else logging.ERROR, "log_to_driver": verbose}
     try:
         if address == "local":
-            start_local_ray(logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose)
+            start_local_ray(**console)
         else:
-            ray.init(address=address, include_dashboard=False,
-                     logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose)
+            ray.init(address=address, include_dashboard=False, **console)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot reach the Ray cluster at '{address}': {err}; check --address "
                         "(e.g. 'ray://HEAD:10001' or 'HEAD:6379' from inside the cluster)") from err

@@ -112,7 +112,7 @@ def finetune_command(
     cache_features: Annotated[bool, typer.Option("--cache-features", help="With a frozen base and --augment none: compute the base's features once, then train the head on them.")] = FinetuneConfig.cache_features,
     decode: Annotated[str, typer.Option(
         help="once: decode the images once into Ray's object store (spilled to disk beyond it); every-epoch: "
-             "decode them again each epoch, streamed (memory stays flat however many images; needs CPUs beside "
+             "decode them again each epoch, streamed (no decoded image kept between epochs; needs CPUs beside "
              "the workers'); auto: once when the decoded images take at most half the object store.")] = FinetuneConfig.decode,
     best_by: Annotated[str, typer.Option(help="Export the epoch with the best val_accuracy or val_loss.")] = FinetuneConfig.best_by,
     patience: Annotated[int, typer.Option(min=0, help="End a stage after N epochs without a better --best-by (0: off).")] = FinetuneConfig.patience,

@@ -3,8 +3,7 @@
 Images are decoded by ``pipeline.images`` (the labeling job's decoder) in a seeded random order, so every
 block mixes the classes, and training workers read equal shards. ``--decode once`` decodes them once per run
 into Ray's object store (which spills to local disk beyond its size); ``every-epoch`` streams them through
-the decode tasks again in each epoch, holding only Ray Data's window of blocks however many images there
-are; ``auto`` picks once while the decoded images take at most half the object store (``choose_decode``).
+the decode tasks again in each epoch and keeps no decoded image between epochs; ``auto`` picks once while the decoded images take at most half the object store (``choose_decode``).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ MAX_BLOCKS = 4096
 DECODE_MODES = ("auto", "once", "every-epoch")
 ONCE_SHARE = 0.5  # auto decodes once when the decoded images take at most this share of Ray's object store
 DECODE_CPUS = 1.0  # CPUs each decode task reserves; decoding every epoch needs them beside the workers'
-STREAM_WINDOW = 1024  # decoded images Ray Data may hold ahead of each worker when it decodes every epoch
 
 
 @dataclass
@@ -268,19 +266,12 @@ def choose_decode(mode: str, images: int, size: int, resources: dict[str, float]
                                    f"{store / 2**30:.1f} GiB object store")
 
 
-def ingest_config(streamed: bool, workers: int, size: int) -> Any:
-    """Ray Train's ingest options: when the splits decode every epoch, Ray Data may hold ``STREAM_WINDOW``
-    decoded images per worker. Decoding outruns training, and without a cap the decode tasks parked
-    decoded pixels until Ray Data's default budget (a share of the whole object store) was full, so memory
-    grew with the data set after all. Ray Data never uses more than its default, so this only lowers it."""
-    from ray.train import DataConfig
+def _path_dataset(items: list[tuple[str, int]]) -> Any:
+    """(path, label) rows in blocks of about ``ROWS_PER_BLOCK``, the input of every decode pass."""
+    import ray
 
-    if not streamed:
-        return DataConfig()
-    options = DataConfig.default_ingest_options()
-    limit = workers * STREAM_WINDOW * size * size * 3
-    options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
-    return DataConfig(execution_options=options)
+    blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
+    return ray.data.from_items([{"path": p, "label": label} for p, label in items], override_num_blocks=blocks)
 
 
 def failed_rows(batch: dict[str, np.ndarray], size: int, storage_options: dict[str, Any], resize_mode: str,
@@ -303,21 +294,18 @@ def stream_split(items: list[tuple[str, int]], size: int, batch_size: int,
     """
     import ray
 
-    blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
     options = {"size": size, "storage_options": storage_options, "resize_mode": resize_mode, "retries": retries}
-    found = ray.data.from_items([{"path": p, "label": label} for p, label in items], override_num_blocks=blocks)
-    found = found.map_batches(failed_rows, fn_kwargs=options, batch_size=max(batch_size, 32), batch_format="numpy",
-                              num_cpus=DECODE_CPUS).materialize()
+    found = _path_dataset(items).map_batches(failed_rows, fn_kwargs=options, batch_size=max(batch_size, 32),
+                                             batch_format="numpy", num_cpus=DECODE_CPUS).materialize()
     failed, transient = [], []
     for row in found.iter_rows():
         (transient if row["transient"] else failed).append((row["path"], row["error"]))
     unusable = {path for path, _ in failed + transient}
     good = [(p, label) for p, label in items if p not in unusable]
     later = ray.remote(num_cpus=0)(FailedImages).remote()
-    blocks = max(1, min(len(good) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
-    dataset = ray.data.from_items([{"path": p, "label": label} for p, label in good], override_num_blocks=blocks)
-    dataset = dataset.map_batches(decode_good_rows, fn_kwargs={**options, "failures": later},
-                                  batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=DECODE_CPUS)
+    dataset = _path_dataset(good).map_batches(decode_good_rows, fn_kwargs={**options, "failures": later},
+                                              batch_size=max(batch_size, 32), batch_format="numpy",
+                                              num_cpus=DECODE_CPUS)
     return DecodedSplit(dataset, len(good), sorted(failed), sorted(transient), later)
 
 
@@ -329,13 +317,12 @@ def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,
     import ray
 
     failures = ray.remote(num_cpus=0)(FailedImages).remote()
-    blocks = max(1, min(len(items) // ROWS_PER_BLOCK + 1, MAX_BLOCKS))
-    decoded = ray.data.from_items([{"path": p, "label": label} for p, label in items],
-                                  override_num_blocks=blocks)
-    good = decoded.map_batches(decode_good_rows,
-                               fn_kwargs={"size": size, "storage_options": storage_options,
-                                          "resize_mode": resize_mode, "retries": retries, "failures": failures},
-                               batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=DECODE_CPUS).materialize()
+    good = _path_dataset(items).map_batches(decode_good_rows,
+                                            fn_kwargs={"size": size, "storage_options": storage_options,
+                                                       "resize_mode": resize_mode, "retries": retries,
+                                                       "failures": failures},
+                                            batch_size=max(batch_size, 32), batch_format="numpy",
+                                            num_cpus=DECODE_CPUS).materialize()
     failed, transient = [], []
     for path, error, is_transient in ray.get(failures.rows.remote()):
         (transient if is_transient else failed).append((path, error))

@@ -26,7 +26,7 @@ from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.finetune.base import TrainingBase, resolve_base
 from pipeline.finetune.data import (DECODE_MODES, SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource,
-                                    choose_decode, decode_split, epoch_order, ingest_config, list_training_files,
+                                    choose_decode, decode_split, epoch_order, list_training_files,
                                     shuffled, split_digest, stream_split)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
@@ -438,7 +438,6 @@ def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: 
                                                                    **({"GPU": 1} if config.use_gpu else {})}),
                 run_config=_run_config(config),
                 datasets={"train": train_order, "val": val.dataset},
-                dataset_config=ingest_config(train.later is not None, config.workers, size),
             )
             result = trainer.fit()
     except KeyboardInterrupt:

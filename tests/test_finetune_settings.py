@@ -165,3 +165,34 @@ def test_auto_decodes_once_while_the_images_take_half_the_object_store_and_strea
     assert choose_decode("every-epoch", 10, 96, cluster, worker_cpus=2.0).mode == "every-epoch"
     with pytest.raises(UserError, match="lower --workers or --cpus-per-worker, or use --decode once"):
         choose_decode("every-epoch", 10, 96, cluster, worker_cpus=3.5)
+
+
+@pytest.mark.parametrize("accuracies, fine_tune_epochs, finished, stage1_end", [
+    ([0.5, 0.4, 0.3], 0, True, 6),  # patience runs out at epoch 3 of 6: the run stops early
+    ([0.5, 0.6, 0.7, 0.8, 0.7, 0.6], 0, False, 6),  # patience runs out at the last epoch: not early
+    ([0.5, 0.4, 0.3], 2, False, 3),  # in stage 1 (of 6): fine-tuning starts after epoch 3 instead
+])
+def test_patience_stops_the_run_early_only_when_epochs_were_left(accuracies, fine_tune_epochs, finished,
+                                                                  stage1_end):
+    import keras
+
+    from pipeline.finetune.worker import RunProgress, record_epoch
+    from pipeline.finetune.worker_settings import WorkerSettings
+
+    settings = WorkerSettings(
+        base="efficientnet_lite0", start_from=None, keep_head=False, storage_options={}, image_size=32,
+        num_classes=2, fine_tune_epochs=fine_tune_epochs, unfreeze=None, batch_size=4, lr=1e-3,
+        fine_tune_lr_factor=0.1, lr_schedule="constant", dropout=0.0, augment=(), cache_features=False,
+        cpus_per_worker=1, monitor="val_accuracy", patience=2, seed=0, shuffle_buffer=8, identity={},
+        recorded_settings={}, stage1_end=6, resume_changes={}, steps_per_epoch=1)
+    progress = RunProgress({"epoch": 0, "stage": 1, "history": [], "best": None, "stale": 0, "stage1_end": 6,
+                            "finished": False, "identity": {}})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    logs: list[str] = []
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        metrics = {"epoch": epoch, "stage": 1, "loss": 1.0, "accuracy": accuracy, "val_loss": 1.0,
+                   "val_accuracy": accuracy, "learning_rate": 1e-3, "images_per_second": 1.0}
+        record_epoch(metrics, np.zeros((2, 2)), model, settings, progress, logs.append)
+    assert progress.state["finished"] is finished
+    assert progress.state["stage1_end"] == stage1_end
+    assert any("stopping after epoch" in line for line in logs) is finished, logs

@@ -314,7 +314,8 @@ def record_epoch(metrics: dict[str, Any], confusion: np.ndarray, model: keras.Mo
     state["epoch"], state["stage"] = epoch, stage
     state["settings"] = settings.recorded_settings  # what the next --resume compares (pipeline.finetune.resume)
     state["history"] = state["history"] + [metrics]
-    if patience and state["stale"] >= patience:
+    last_epoch = state["stage1_end"] + settings.fine_tune_epochs  # the run ends after it anyway: not early
+    if patience and state["stale"] >= patience and epoch < last_epoch:
         if stage == 1 and settings.fine_tune_epochs:
             log(f"no better {monitor} for {plural(patience, 'epoch')}: fine-tuning starts after epoch {epoch}")
             state["stage1_end"] = epoch

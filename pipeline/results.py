@@ -13,10 +13,10 @@ from typing import Iterator
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.parquet_files import read_parquet
 from pipeline.storage_retry import DEFAULT_RETRIES, with_retries
 
 SCHEMA = pa.schema(
@@ -96,7 +96,7 @@ def part_tables(output: str, columns: list[str] | None = None) -> Iterator[pa.Ta
         fs, path = storage.filesystem(part)
         try:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=columns)
+                table = read_parquet(f, columns=columns)
         except (pa.ArrowException, OSError) as err:
             raise UserError(f"part file '{part}' cannot be read ({type(err).__name__}: {err}); "
                             "it is damaged or was not written by 'pipeline label'") from err

@@ -128,11 +128,11 @@ def _read(location: str, path_column: str, label_column: str, min_score: float |
     try:
         with fs.open(path, "rb", compression="infer") as f:
             if path.lower().endswith(".parquet"):
-                names = pq.ParquetFile(f).schema_arrow.names
-                _check_columns(names, location, path_column, label_column, min_score, what)
-                f.seek(0)
-                wanted = [c for c in (path_column, label_column, "score", "error") if c in names]
-                return pq.read_table(f, columns=list(dict.fromkeys(wanted)))
+                with pq.ParquetFile(f) as parquet:  # not read_table: see pipeline.parquet_files
+                    names = parquet.schema_arrow.names
+                    _check_columns(names, location, path_column, label_column, min_score, what)
+                    wanted = [c for c in (path_column, label_column, "score", "error") if c in names]
+                    return parquet.read(columns=list(dict.fromkeys(wanted)))
             data = pv.read_csv(f, convert_options=pv.ConvertOptions(strings_can_be_null=True))
     except UserError:
         raise

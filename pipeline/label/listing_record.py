@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.parquet_files import read_parquet
 from pipeline.results import LISTING_NAME
 from pipeline.storage_retry import DEFAULT_RETRIES, with_retries
 
@@ -72,7 +73,7 @@ def iter_recorded(output: str, record: RecordedListing, retries: int = DEFAULT_R
 
         def read() -> pa.Table:
             with fs.open(path, "rb") as f:
-                return pq.read_table(f, columns=["path"])
+                return read_parquet(f, columns=["path"])
 
         yield with_retries("read the recorded listing", location, read, retries).column("path").combine_chunks()
 

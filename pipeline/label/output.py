@@ -23,6 +23,7 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.label.manifest import RunManifest, manifest_path, read_manifest, write_manifest
 from pipeline.identity_set import IdentitySet, hash_identities
+from pipeline.parquet_files import read_parquet
 from pipeline.storage_retry import DEFAULT_RETRIES, StorageError, with_retries
 from pipeline.results import (
     PART_OWNER_KEY,
@@ -205,7 +206,7 @@ def _drop_error_rows(output: str, manifest: RunManifest, parts: list[str], retri
 
         def read() -> pa.Table:
             with fs.open(path, "rb") as f:
-                return pq.read_table(f)
+                return read_parquet(f)
 
         table = with_retries("read part file", part, read, retries)
         keep = pc.is_null(table.column("error"))

@@ -79,6 +79,20 @@ def _pixel_digests(dataset) -> list[tuple[int, str]]:
                   for image, label in zip(batch["image"], batch["label"]))
 
 
+def test_a_streamed_epoch_shuffles_the_paths_before_decoding_so_no_epoch_is_held_whole(ray_local, three_classes,
+                                                                                      capsys):
+    """The block shuffle is a barrier: it takes every block it orders before it passes one on. On decoded
+    blocks that is every decoded image of the epoch in Ray's object store at once; on path blocks, nothing."""
+    files = list_training_files(str(three_classes), None, 0.2)
+    capsys.readouterr()
+    stream_split(shuffled(files.train, 1234), 32, BATCH, {}).in_epoch_order(1234).explain()
+    streamed = capsys.readouterr().out.split("-------- Physical Plan")[0]
+    assert streamed.index("MapBatches(decode_good_rows)") < streamed.index("RandomizeBlockOrder"), streamed
+    decode_split(shuffled(files.train, 1234), 32, BATCH, {}).in_epoch_order(1234).explain()
+    once = capsys.readouterr().out.split("-------- Physical Plan")[0]  # the decoded blocks, already stored
+    assert "RandomizeBlockOrder" in once and "decode_good_rows" not in once, once
+
+
 def test_a_streamed_split_gives_the_same_images_every_epoch_and_leaves_out_one_gone_since(ray_local, three_classes,
                                                                                          tmp_path):
     """--decode every-epoch: nothing decoded is kept, so each read decodes again, and an image that decoded
@@ -90,7 +104,7 @@ def test_a_streamed_split_gives_the_same_images_every_epoch_and_leaves_out_one_g
     streamed = stream_split(order, 32, BATCH, {})
     assert streamed.count == once.count == len(files.train) and streamed.failed == []
     assert _pixel_digests(streamed.dataset) == _pixel_digests(once.dataset)  # the same pixels and labels
-    assert _majority_share(_epoch_batches(epoch_order(streamed.dataset, 1234), 1)) < 0.62  # mixed as well
+    assert _majority_share(_epoch_batches(streamed.in_epoch_order(1234), 1)) < 0.62  # mixed as well
 
     gone = order[0][0]
     os.remove(gone)

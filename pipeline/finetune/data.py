@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -227,6 +227,16 @@ class DecodedSplit:
     failed: list[tuple[str, str]]  # (path, error) of the images skipped: they cannot be used
     transient: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of reads that kept failing
     later: Any = None  # streamed: the FailedImages actor of images that decoded before but failed in an epoch
+    decode_from: Callable[[Any], Any] | None = None  # streamed: a (path, label) Dataset -> its decoded Dataset
+    paths: Any = None  # streamed: the (path, label) Dataset that ``dataset`` decodes
+
+    def in_epoch_order(self, seed: int) -> Any:
+        """The split in a new seeded block order each epoch (``epoch_order``). A streamed split shuffles its
+        path blocks before they are decoded: the shuffle waits for every block it orders, so after the decode
+        it would hold every decoded image of the epoch at once."""
+        if self.decode_from is None:
+            return epoch_order(self.dataset, seed)
+        return self.decode_from(epoch_order(self.paths, seed))
 
     def failed_later(self) -> list[tuple[str, str]]:
         """(path, error) of the images an epoch left out because they failed then (streamed splits only)."""
@@ -303,10 +313,13 @@ def stream_split(items: list[tuple[str, int]], size: int, batch_size: int,
     unusable = {path for path, _ in failed + transient}
     good = [(p, label) for p, label in items if p not in unusable]
     later = ray.remote(num_cpus=0)(FailedImages).remote()
-    dataset = _path_dataset(good).map_batches(decode_good_rows, fn_kwargs={**options, "failures": later},
-                                              batch_size=max(batch_size, 32), batch_format="numpy",
-                                              num_cpus=DECODE_CPUS)
-    return DecodedSplit(dataset, len(good), sorted(failed), sorted(transient), later)
+
+    def decode_from(paths: Any) -> Any:
+        return paths.map_batches(decode_good_rows, fn_kwargs={**options, "failures": later},
+                                 batch_size=max(batch_size, 32), batch_format="numpy", num_cpus=DECODE_CPUS)
+
+    paths = _path_dataset(good)
+    return DecodedSplit(decode_from(paths), len(good), sorted(failed), sorted(transient), later, decode_from, paths)
 
 
 def decode_split(items: list[tuple[str, int]], size: int, batch_size: int,

@@ -26,7 +26,7 @@ from pipeline.errors import JobFailedError, UserError
 from pipeline.fetch import DEFAULT_RETRIES
 from pipeline.finetune.base import TrainingBase, resolve_base
 from pipeline.finetune.data import (DECODE_MODES, SHUFFLE_SEED, DecodedSplit, LabeledFiles, LabelsSource,
-                                    choose_decode, decode_split, epoch_order, list_training_files,
+                                    choose_decode, decode_split, list_training_files,
                                     shuffled, split_digest, stream_split)
 from pipeline.finetune.model import DEFAULT_AUGMENT, parse_augment
 from pipeline.finetune.resume import (RUN_NAME, ResumePlan, check_same_run, last_checkpoint_state, plan_resume,
@@ -423,7 +423,7 @@ def _fit(config: FinetuneConfig, base: TrainingBase, files: LabeledFiles, size: 
         # Ray Train gives each worker an equal shard: count // workers rows
         steps_per_epoch=max(1, math.ceil(train.count // config.workers / config.batch_size)),
     )
-    train_order = epoch_order(train.dataset, config.seed)
+    train_order = train.in_epoch_order(config.seed)
     progress(f"training with {plural(config.workers, 'Ray Train worker')}; checkpoints in "
              f"{storage.join(config.output, RUN_NAME)}")
     threading.Thread(target=_import_keras, name="import-keras-for-export", daemon=True).start()

@@ -122,17 +122,17 @@ def _resolved(path: str, folder: str) -> str:
 
 def _read(location: str, path_column: str, label_column: str, min_score: float | None, what: str) -> pa.Table:
     import pyarrow.csv as pv
-    import pyarrow.parquet as pq
+    from pipeline.parquet_files import read_parquet
 
     fs, path = storage.filesystem(location)
     try:
         with fs.open(path, "rb", compression="infer") as f:
             if path.lower().endswith(".parquet"):
-                with pq.ParquetFile(f) as parquet:  # not read_table: see pipeline.parquet_files
-                    names = parquet.schema_arrow.names
+                def wanted(names: list[str]) -> list[str]:
                     _check_columns(names, location, path_column, label_column, min_score, what)
-                    wanted = [c for c in (path_column, label_column, "score", "error") if c in names]
-                    return parquet.read(columns=list(dict.fromkeys(wanted)))
+                    return list(dict.fromkeys(c for c in (path_column, label_column, "score", "error") if c in names))
+
+                return read_parquet(f, columns=wanted)
             data = pv.read_csv(f, convert_options=pv.ConvertOptions(strings_can_be_null=True))
     except UserError:
         raise

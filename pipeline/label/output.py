@@ -60,10 +60,8 @@ def read_part(part: str, retries: int = DEFAULT_RETRIES) -> PartContents:
 
     def read():
         with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            metadata = parquet.schema_arrow.metadata or {}
-            columns = [c for c in ("path", "error") if c in parquet.schema_arrow.names]
-            return metadata, parquet.read(columns=columns)
+            table = read_parquet(f, columns=lambda names: [c for c in ("path", "error") if c in names])
+        return table.schema.metadata or {}, table
 
     try:
         metadata, table = with_retries("read part file", part, read, retries)
